@@ -1,0 +1,137 @@
+"""Atomic outputs and strict inputs.
+
+Every file a stage writes goes to a temporary sibling first and is then renamed over the target
+(``os.replace`` is atomic on POSIX), so a process killed at any moment leaves either the old file
+or the new one, never a truncated one. Checkpoints are safetensors with a JSON metadata header that
+records the architecture, so a checkpoint of another model is refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+
+class AtelierInputError(ValueError):
+    """Bad input: the message names the file, field or parameter and what is wrong with it."""
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success rename it over ``target``.
+
+    On any exception the temporary file is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON (stable diffs in git), atomically."""
+    return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a missing or malformed file raises :class:`AtelierInputError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise AtelierInputError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AtelierInputError(f"{path}: not valid JSON ({err})") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:
+    """Save ``tensors`` (name -> torch.Tensor) as safetensors with ``meta`` in its header, atomically.
+
+    ``meta`` must contain ``"arch"``: a JSON-able description of the architecture (name and
+    hyper-parameters) that :func:`load_checkpoint` compares against what the caller expects.
+    """
+    from safetensors.torch import save_file
+
+    if "arch" not in meta:
+        raise ValueError("checkpoint meta must contain 'arch'")
+    header = {key: json.dumps(value, sort_keys=True, default=_jsonable) for key, value in meta.items()}
+    contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=header)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, expect_arch: Mapping[str, Any] | None = None, device: str = "cpu"):
+    """Load a checkpoint written by :func:`save_checkpoint`; returns ``(tensors, meta)``.
+
+    Raises :class:`AtelierInputError` naming the file when it is missing, truncated/corrupt, or was
+    written for another architecture than ``expect_arch``.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise AtelierInputError(f"{path}: checkpoint not found")
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt", device=device) as fh:
+            raw_meta = fh.metadata() or {}
+            for name in fh.keys():
+                tensors[name] = fh.get_tensor(name)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise AtelierInputError(f"{path}: truncated or corrupt checkpoint ({err})") from None
+    meta = {}
+    for key, value in raw_meta.items():
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise AtelierInputError(f"{path}: checkpoint metadata field '{key}' is not JSON") from None
+    if expect_arch is not None:
+        found = meta.get("arch")
+        if found != json.loads(json.dumps(dict(expect_arch), sort_keys=True, default=_jsonable)):
+            raise AtelierInputError(
+                f"{path}: checkpoint is for architecture {found}, expected {dict(expect_arch)}"
+            )
+    return tensors, meta

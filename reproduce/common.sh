@@ -1,0 +1,50 @@
+# Sourced by reproduce/run and reproduce/test: make the environment and the real data exist.
+# Idempotent: on a machine where both are ready it costs a couple of seconds.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export DVC_NO_ANALYTICS=1          # DVC must not phone home (no network here)
+export HF_HUB_OFFLINE=1            # the MiniLM text encoder ships in a package; never hit a hub
+export TRANSFORMERS_OFFLINE=1
+export PYTHONUNBUFFERED=1
+export MPLBACKEND=Agg
+
+say() { printf '\033[1m[atelier]\033[0m %s\n' "$*"; }
+
+find_python() {
+  for candidate in python3.11 python3.12 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))'; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  echo "error: Python 3.11 or 3.12 is required (none found on PATH)" >&2
+  return 1
+}
+
+ensure_env() {
+  # uv.lock is the one source of truth for versions; environment.yml mirrors it for conda users.
+  if ! command -v uv >/dev/null 2>&1; then
+    say "installing uv (the environment manager) with pip"
+    "$(find_python)" -m pip install --quiet uv || { echo "error: could not install uv with pip" >&2; return 1; }
+    export PATH="$HOME/.local/bin:$PATH"
+  fi
+  say "syncing the environment in .venv from uv.lock (first time: several GB of wheels)"
+  uv sync --frozen --python "$(find_python)" --quiet
+  export PATH="$ROOT/.venv/bin:$PATH"
+  export VIRTUAL_ENV="$ROOT/.venv"
+}
+
+ensure_data() {
+  # Real Fashion-MNIST: the Debian package when present, else torchvision's download (internet).
+  if ! python -m lib.data.fashion_mnist verify data/fashion-mnist >/dev/null 2>&1; then
+    if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      say "installing Debian package dataset-fashion-mnist"
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+        || say "apt-get could not install dataset-fashion-mnist; trying torchvision's download"
+    fi
+    say "obtaining real Fashion-MNIST into data/fashion-mnist"
+    python -m lib.data.fashion_mnist fetch data/fashion-mnist
+  fi
+  python -m lib.data.fashion_mnist verify data/fashion-mnist
+}

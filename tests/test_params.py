@@ -1,0 +1,66 @@
+"""params.yaml profiles and validation."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from lib import params
+from lib.io import AtelierInputError
+from lib.paths import repo_root
+
+
+@pytest.fixture
+def params_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    shutil.copy(repo_root() / "params.yaml", path)
+    return path
+
+
+def test_every_profile_loads_and_validates():
+    for profile in params.PROFILES:
+        p = params.load(profile)
+        assert p["profile"] == profile and "data" in p
+
+
+def test_profiles_override_shared_sections():
+    smoke, default = params.load("smoke"), params.load("default")
+    assert smoke["data"]["captions_per_image"] == default["data"]["captions_per_image"]
+    assert smoke["data"]["max_train"] is not None and default["data"]["max_train"] is None
+
+
+def test_unknown_profile_is_named(params_file):
+    with pytest.raises(AtelierInputError, match=r"unknown profile 'fastest'.*smoke"):
+        params.load("fastest", params_file)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("captions_per_image", "three", r"data\.captions_per_image: must be an integer, got str"),
+    ("heldout_test_fraction", 1.5, r"data\.heldout_test_fraction: must be in \[0\.0, 1\.0\], got 1\.5"),
+    ("val_size", True, r"data\.val_size: must be an integer"),
+    ("colour_count", 3, r"data\.colour_count: unknown parameter"),
+])
+def test_bad_values_are_named(params_file, key, value, message):
+    raw = yaml.safe_load(params_file.read_text())
+    raw["data"][key] = value
+    params_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(AtelierInputError, match=message):
+        params.load("smoke", params_file)
+
+
+def test_set_profile_keeps_comments_and_refuses_unknown(params_file):
+    params.set_profile("smoke", params_file)
+    text = params_file.read_text()
+    assert "profile: smoke" in text and "# Configuration is data" in text
+    with pytest.raises(AtelierInputError, match="unknown profile"):
+        params.set_profile("nope", params_file)
+    assert "profile: smoke" in params_file.read_text()  # nothing written on error
+
+
+def test_malformed_yaml_names_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("profile: [unclosed\n")
+    with pytest.raises(AtelierInputError, match=r"params\.yaml: not valid YAML"):
+        params.load("smoke", bad)
