@@ -187,7 +187,7 @@ def _write_fashioniq(rng, arrays, root: Path) -> dict:
             for i in tqdm(members, desc=f"fashioniq images {fiq_cat}/{split}", leave=False, mininterval=2):
                 target = root / "images" / f"{a['names'][i]}.png"
                 if not target.exists():
-                    with atomic_path(target) as tmp:
+                    with atomic_path(target, fsync=False) as tmp:
                         Image.fromarray(a["images"][i]).save(tmp, format="PNG")
             counts[f"{fiq_cat}/{split}"] = len(triplets)
     return counts
