@@ -53,6 +53,16 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "max_val": _int(1, 59000, nullable=True),
         "max_test": _int(1, 10000, nullable=True),
     },
+    "judges": {
+        "width": _int(4, 512),
+        "batch_size": _int(2, 8192),
+        "lr": _float(1e-6, 1.0),
+        "embed_dim": _int(8, 2048),
+        "classifier_steps": _int(1, 10_000_000),
+        "contrastive_steps": _int(1, 10_000_000),
+        "eval_n": _int(10, 10000, nullable=True),
+        "fid_n": _int(10, 10000),
+    },
 }
 TOP_LEVEL = {"profile", "seed", "profiles"}
 

@@ -1,0 +1,1 @@
+"""Text: the frozen pretrained text encoder shared by Muse-style conditioning, judges and retrieval."""

@@ -1,0 +1,142 @@
+"""A resumable training loop shared by every model kind.
+
+Why a loop of our own rather than a framework: resuming must give *the same weights* as an
+uninterrupted run (issue 8), which needs every source of randomness tied to the step number. So:
+
+- the caller's ``step_fn(step)`` draws its batch from the step number alone (see :func:`batch_indices`);
+- the global torch RNG is re-seeded from ``(seed, step)`` before every step (dropout, masking, noise);
+- the checkpoint (model, optimizer state, step, loss history) is written atomically every
+  ``ckpt_every`` steps and at the end, so a kill at any moment resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .io import AtelierInputError, atomic_write_json, load_checkpoint, save_checkpoint
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Indices of the batch at ``step``: epochs are seeded permutations, so any step is recomputable."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng((seed, epoch)).permutation(n)
+    return perm[k * batch_size:(k + 1) * batch_size]
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63 - 1)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class ResumableTrainer:
+    """Run ``step_fn`` for ``total_steps`` steps with atomic checkpoints and exact resume.
+
+    ``arch`` (JSON-able) is stored in the checkpoint; resuming from a checkpoint of another
+    architecture is refused with an error naming the file.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt_path: str | Path,
+                 arch: Mapping[str, Any], seed: int, total_steps: int, ckpt_every: int = 200,
+                 desc: str = "train"):
+        if total_steps < 1:
+            raise AtelierInputError(f"total_steps must be >= 1, got {total_steps}")
+        if ckpt_every < 1:
+            raise AtelierInputError(f"ckpt_every must be >= 1, got {ckpt_every}")
+        self.model, self.optimizer = model, optimizer
+        self.ckpt_path = Path(ckpt_path)
+        self.arch, self.seed, self.total_steps, self.ckpt_every = dict(arch), seed, total_steps, ckpt_every
+        self.desc = desc
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_tensors, opt_meta = _optimizer_tensors(self.optimizer)
+        tensors.update(opt_tensors)
+        save_checkpoint(self.ckpt_path, tensors, {
+            "arch": self.arch, "step": self.step, "seed": self.seed, "total_steps": self.total_steps,
+            "optimizer": opt_meta, "history": self.history,
+        })
+
+    def try_resume(self) -> bool:
+        """Load the checkpoint if one exists; returns whether training resumed from it."""
+        if not self.ckpt_path.exists():
+            return False
+        tensors, meta = load_checkpoint(self.ckpt_path, expect_arch=self.arch)
+        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        missing, unexpected = self.model.load_state_dict(model_sd, strict=False)
+        if missing or unexpected:
+            raise AtelierInputError(f"{self.ckpt_path}: parameters do not match the model "
+                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        _load_optimizer(self.optimizer, tensors, meta["optimizer"])
+        self.step, self.history = int(meta["step"]), list(meta["history"])
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, step_fn: Callable[[int], Mapping[str, float]], progress: bool = True) -> list[dict[str, float]]:
+        from tqdm.auto import tqdm
+
+        self.try_resume()
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.desc, disable=not progress, mininterval=2)
+        while self.step < self.total_steps:
+            torch.manual_seed(step_seed(self.seed, self.step))
+            logs = {k: float(v) for k, v in step_fn(self.step).items()}
+            self.step += 1
+            self.history.append({"step": self.step, **logs})
+            bar.update(1)
+            if self.step % 20 == 0:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
+            if self.step % self.ckpt_every == 0 or self.step == self.total_steps:
+                self.save()
+        bar.close()
+        self.model.eval()
+        return self.history
+
+
+def write_loss_curve(history: list[dict[str, float]], path: str | Path, every: int = 1) -> Path:
+    """Loss history as a JSON list of rows (a DVC plot), thinned to every ``every``-th step."""
+    rows = [h for h in history if int(h["step"]) % every == 0 or h is history[-1]]
+    return atomic_write_json(path, rows)
+
+
+def load_model_weights(model: torch.nn.Module, ckpt_path: str | Path, arch: Mapping[str, Any]) -> torch.nn.Module:
+    """Load only the model part of a :class:`ResumableTrainer` checkpoint (for inference)."""
+    tensors, _ = load_checkpoint(ckpt_path, expect_arch=arch)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model.eval()
+
+
+def arch_of(model_name: str, **hparams: Any) -> dict:
+    """A JSON-stable architecture description for checkpoints."""
+    return json.loads(json.dumps({"name": model_name, **hparams}, sort_keys=True))
