@@ -33,6 +33,9 @@ def atomic_path(target: str | os.PathLike, fsync: bool = True) -> Iterator[Path]
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should be readable like any file
     tmp_path = Path(tmp)
     try:
         yield tmp_path
