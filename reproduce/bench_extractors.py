@@ -32,14 +32,6 @@ from lib.paths import results_dir  # noqa: E402
 from lib.provenance import run_info  # noqa: E402
 
 
-def small_conv_extractor() -> torch.nn.Module:
-    def block(cin, cout):
-        return [torch.nn.Conv2d(cin, cout, 3, stride=2, padding=1), torch.nn.BatchNorm2d(cout), torch.nn.ReLU()]
-
-    return torch.nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), *block(128, 256),
-                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
-
-
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -84,18 +76,21 @@ def bench_inception(device: str, batch_size: int, warmup: int, repeats: int) -> 
     return out
 
 
-def bench_small_conv(device: str, batch_size: int, warmup: int, repeats: int) -> dict:
+def bench_domain_classifier(device: str, batch_size: int, warmup: int, repeats: int, width: int) -> dict:
+    """The domain judge (lib.judges.classifier) at its real input size, 32x32; weights random (speed only)."""
+    from lib.judges.classifier import DomainClassifier
+
     torch.manual_seed(0)
-    x = torch.rand(batch_size, 3, 64, 64, device=device)
+    x = torch.rand(batch_size, 3, 32, 32, device=device) * 2 - 1
     out = {}
     for layout, channels_last in (("default", False), ("channels_last", True)):
-        net = small_conv_extractor().to(device)
+        net = DomainClassifier(width).to(device).eval()
         inp = x
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
             inp = x.contiguous(memory_format=torch.channels_last)
-        out[layout] = measure(net, inp, warmup, repeats, device)
-    out["architecture"] = "4x [conv3x3 s2, BN, ReLU] 3-32-64-128-256, global average pool; 64x64 float input"
+        out[layout] = measure(lambda t: net(t)["features"], inp, warmup, repeats, device)
+    out["architecture"] = f"lib.judges.classifier.DomainClassifier(width={width}), 32x32 input, penultimate features"
     return out
 
 
@@ -103,12 +98,19 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default <out_root>/results/bench/extractors.json)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs")
+    parser.add_argument("--profile", default=None, help="params.yaml profile: 'smoke' implies --smoke; sets the judge width")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="Inception batch (default 50; smoke 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed passes (default 2; smoke 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes (default 5; smoke 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args(argv)
+    width = 16
+    if args.profile:
+        from lib import params as lib_params
+
+        width = lib_params.load(args.profile)["judges"]["width"]
+        args.smoke = args.smoke or args.profile == "smoke"
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,16 +125,16 @@ def main(argv: list[str] | None = None) -> Path:
         "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "batch_size": {"inception": batch, "small_conv": conv_batch},
+        "batch_size": {"inception": batch, "domain_classifier": conv_batch},
         "warmup": warmup,
         "repeats": repeats,
         "inception_v3_compat": bench_inception(args.device, batch, warmup, repeats),
-        "small_conv": bench_small_conv(args.device, conv_batch, warmup, repeats),
-        "provenance": run_info(profile="smoke" if args.smoke else "bench", seed=0),
+        "domain_classifier": bench_domain_classifier(args.device, conv_batch, warmup, repeats, width),
+        "provenance": run_info(profile=args.profile or ("smoke" if args.smoke else "bench"), seed=0),
     }
     out = args.out or results_dir("bench") / "extractors.json"
     atomic_write_json(out, result)
-    for name in ("inception_v3_compat", "small_conv"):
+    for name in ("inception_v3_compat", "domain_classifier"):
         for layout in ("default", "channels_last"):
             r = result[name][layout]
             print(f"{name:20s} {layout:14s} {r['images_per_s_median']:9.1f} img/s "
