@@ -26,7 +26,8 @@ from ..quantizers import build_quantizer
 from ..training import ResumableTrainer, batch_indices, load_model_weights
 from .decoder import Decoder
 from .encoder import Encoder
-from .losses import PatchDiscriminator, PerceptualLoss, adaptive_weight, disc_factor, hinge_d_loss, hinge_g_loss
+from .losses import (PatchDiscriminator, PerceptualLoss, adaptive_weight, disc_factor, hinge_d_loss, hinge_g_loss,
+                     psnr)
 from .movq_decoder import MoVQDecoder
 from .style_decoder import StyleDecoder
 
@@ -181,7 +182,7 @@ def train_tokenizer(tokenizer: Tokenizer, images: torch.Tensor, ckpt_path: str |
                 p.grad = None
             opt.step()
             logs["loss_d"] = d_loss.item()
-        logs["psnr"] = float(10 * torch.log10(4.0 / F.mse_loss(recon.detach().clamp(-1, 1), x).clamp(min=1e-10)))
+        logs["psnr"] = float(psnr(recon.detach(), x).mean())
         return logs
 
     trainer = ResumableTrainer(both, opt, ckpt_path, {**tokenizer.arch, "disc_ndf": disc_ndf}, seed, steps,
