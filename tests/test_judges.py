@@ -71,3 +71,15 @@ def test_text_encoder_is_real_and_frozen():
     batch = enc.encode(["a red striped dress", "a black plain ankle boot", "tee"], batch_size=2)
     assert torch.allclose(batch["pooled"][0], out["pooled"][0], atol=1e-5)
     assert torch.allclose(batch["pooled"][1], out["pooled"][2], atol=1e-5)
+
+
+def test_judge_scorer_interface_and_open_clip_missing_file(tmp_path):
+    from lib.judges.contrastive import clip_score_texts, judge_scorer, open_clip_scorer
+
+    judge = ContrastiveJudge(width=8, embed_dim=16)
+    out = clip_score_texts(judge_scorer(judge), torch.randn(3, 3, 32, 32), ["a red dress", "a bag", "a boot"])
+    assert out["per_sample"].shape == (3,) and -1 <= out["clip_score"] <= 1 and "MiniLM" in out["network"]
+    with pytest.raises(ValueError, match="3 images but 2 texts"):
+        judge_scorer(judge)(torch.randn(3, 3, 32, 32), ["a", "b"])
+    with pytest.raises(FileNotFoundError, match=r"clip\.pt: CLIP checkpoint not found"):
+        open_clip_scorer("ViT-B-32", tmp_path / "clip.pt")

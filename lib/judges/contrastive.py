@@ -124,6 +124,31 @@ def evaluate_judge(judge: ContrastiveJudge, arrays: dict, pooled_text: torch.Ten
     return result
 
 
+def judge_scorer(judge: ContrastiveJudge) -> Callable:
+    """The in-domain judge as a text scorer: ``score(images [-1,1] [N,3,H,W], texts) -> cosine [N]``.
+
+    Texts go through the same frozen MiniLM the judge was trained on. Together with
+    :func:`open_clip_scorer` this gives one interface, so tables call :func:`clip_score_texts`
+    the same way whichever network scores them.
+    """
+    from ..text.encoder import shared_encoder
+
+    def score(images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        if len(images) != len(texts):
+            raise ValueError(f"clip score: {len(images)} images but {len(texts)} texts")
+        return clip_score(judge, images, shared_encoder().encode(list(texts))["pooled"])
+
+    score.network = "in-domain contrastive judge (own conv encoder + frozen all-MiniLM-L6-v2)"
+    return score
+
+
+def clip_score_texts(scorer: Callable, images: torch.Tensor, texts: list[str]) -> dict:
+    """Mean and per-sample CLIP-score (raw cosine) of ``images`` against their ``texts``."""
+    per = scorer(images, list(texts))
+    return {"clip_score": float(per.mean()), "per_sample": per, "network": getattr(scorer, "network", "unknown"),
+            "num_samples": len(per)}
+
+
 def open_clip_scorer(model_name: str, checkpoint: str | Path, device: str = "cpu") -> Callable:
     """A real CLIP from a *local* checkpoint via open_clip (nothing is downloaded).
 
@@ -149,4 +174,5 @@ def open_clip_scorer(model_name: str, checkpoint: str | Path, device: str = "cpu
         txt = F.normalize(model.encode_text(tokenizer(texts).to(device)), dim=-1)
         return (img * txt).sum(-1).cpu()
 
+    score.network = f"open_clip {model_name} from {checkpoint}"
     return score
