@@ -42,6 +42,107 @@ def _float(lo: float, hi: float) -> Callable[[Any], str | None]:
     return check
 
 
+def _int_list(lo: int, hi: int) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not v:
+            return f"must be a non-empty list of integers, got {v!r}"
+        for item in v:
+            problem = _int(lo, hi)(item)
+            if problem:
+                return f"every entry {problem}"
+        return None
+    return check
+
+
+def _mapping(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return f"must be a mapping, got {type(v).__name__} {v!r}"
+    return None
+
+
+# Named tokenizer configurations (lib/tokenizers.py): what each entry may hold. Kept here (not in
+# lib.models) so that validating params.yaml never imports torch.
+TOKENIZER_NAME = r"^[a-z][a-z0-9_]*$"
+QUANTIZER_KINDS = ("vq", "rq", "pq", "movq")
+DECODER_KINDS = ("vqgan", "movq", "style")
+TOKENIZER_CONFIG_KEYS = ("quantizer", "quantizer_kwargs", "decoder", "decoder_kwargs")
+FINETUNE_KEYS = ("base", "width_mult", "depth_mult")
+
+
+def _named(entry_check: Callable[[str, Any], list[str]], allow_empty: bool = False) -> Callable[[Any], list[str] | str | None]:
+    """A checker for ``name -> entry`` mappings; returns one message per problem, each starting
+    with the entry's name so :func:`validate` can report ``section.key.name.field``."""
+    import re
+
+    def check(v: Any) -> list[str] | str | None:
+        if not isinstance(v, dict) or (not v and not allow_empty):
+            return f"must be a {'' if allow_empty else 'non-empty '}mapping of name -> entry, got {v!r}"
+        problems = []
+        for name, entry in v.items():
+            if not isinstance(name, str) or not re.match(TOKENIZER_NAME, name):
+                problems.append(f"{name}: names must match {TOKENIZER_NAME} (they become paths and DVC keys)")
+                continue
+            problems += [f"{name}{msg}" for msg in entry_check(name, entry)]
+        return problems
+    return check
+
+
+def _tokenizer_entry(name: str, entry: Any) -> list[str]:
+    if not isinstance(entry, dict):
+        return [f": must be a mapping with {', '.join(TOKENIZER_CONFIG_KEYS)}, got {entry!r}"]
+    problems = [f".{k}: unknown key (known: {', '.join(TOKENIZER_CONFIG_KEYS)})" for k in entry
+                if k not in TOKENIZER_CONFIG_KEYS]
+    if entry.get("quantizer") not in QUANTIZER_KINDS:
+        problems.append(f".quantizer: must be one of {', '.join(QUANTIZER_KINDS)}, got {entry.get('quantizer')!r}")
+    if entry.get("decoder") not in DECODER_KINDS:
+        problems.append(f".decoder: must be one of {', '.join(DECODER_KINDS)}, got {entry.get('decoder')!r}")
+    if not isinstance(entry.get("quantizer_kwargs"), dict):
+        problems.append(f".quantizer_kwargs: must be a mapping, got {entry.get('quantizer_kwargs')!r}")
+    if not isinstance(entry.get("decoder_kwargs", {}), dict):
+        problems.append(f".decoder_kwargs: must be a mapping, got {entry.get('decoder_kwargs')!r}")
+    return problems
+
+
+def _finetune_entry(name: str, entry: Any) -> list[str]:
+    if not isinstance(entry, dict):
+        return [f": must be a mapping with {', '.join(FINETUNE_KEYS)}, got {entry!r}"]
+    problems = [f".{k}: unknown key (known: {', '.join(FINETUNE_KEYS)})" for k in entry if k not in FINETUNE_KEYS]
+    problems += [f".{k}: missing" for k in FINETUNE_KEYS if k not in entry]
+    for key in ("width_mult", "depth_mult"):
+        if key in entry:
+            problem = _int(1, 8)(entry[key])
+            if problem:
+                problems.append(f".{key}: {problem}")
+    return problems
+
+
+def _steps_entry(name: str, entry: Any) -> list[str]:
+    problem = _int(0, 10_000_000)(entry)
+    return [f": {problem} (0 = not run in this profile)"] if problem else []
+
+
+def _check_tokenizers(params: dict) -> list[str]:
+    """Cross-key checks of the merged ``tokenizers`` section (run once its keys are valid)."""
+    tok = params.get("tokenizers")
+    if not isinstance(tok, dict):
+        return []
+    configs, finetunes, steps = tok["configs"], tok["finetunes"], tok["steps"]
+    errors = [f"tokenizers.finetunes.{n}: name also used in tokenizers.configs" for n in finetunes if n in configs]
+    names = [*configs, *finetunes]
+    errors += [f"tokenizers.steps.{n}: missing (every config needs a step count in every profile; 0 = not run)"
+               for n in names if n not in steps]
+    errors += [f"tokenizers.steps.{n}: no such config in tokenizers.configs or tokenizers.finetunes" for n in steps
+               if n not in names]
+    for n, ft in finetunes.items():
+        if ft["base"] not in configs:
+            errors.append(f"tokenizers.finetunes.{n}.base: {ft['base']!r} is not in tokenizers.configs "
+                          f"(known: {', '.join(configs)})")
+        elif steps.get(n, 0) > 0 and steps.get(ft["base"], 0) == 0:
+            errors.append(f"tokenizers.steps.{n}: fine-tunes {ft['base']!r}, which this profile does not train "
+                          f"(tokenizers.steps.{ft['base']} = 0)")
+    return errors
+
+
 #: section -> key -> checker returning an error message or None.
 SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "data": {
@@ -63,8 +164,37 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "eval_n": _int(10, 10000, nullable=True),
         "fid_n": _int(10, 10000),
     },
+    "tokenizers": {
+        # shared architecture (lib.models.tokenizer config keys)
+        "image_size": _int(8, 4096),
+        "ch": _int(4, 1024),
+        "ch_mult": _int_list(1, 16),
+        "num_res_blocks": _int(0, 16),
+        "z_dim": _int(1, 4096),
+        "codebook": _mapping,
+        # shared training
+        "batch_size": _int(1, 65536),
+        "lr": _float(1e-7, 1.0),
+        "perceptual_weight": _float(0.0, 100.0),
+        "gan_weight": _float(0.0, 100.0),
+        "gan_start": _float(0.0, 1.0),
+        "disc_ndf": _int(4, 1024),
+        "grid_n": _int(1, 64),
+        # named configurations
+        "configs": _named(_tokenizer_entry),
+        "finetunes": _named(_finetune_entry, allow_empty=True),
+        # per profile
+        "steps": _named(_steps_entry),
+        "rfid_n": _int(10, 50000),
+        "eval_n": _int(10, 10000, nullable=True),
+    },
 }
+#: checks across keys of one or more sections, run when every key passed its own check.
+CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers,)
 TOP_LEVEL = {"profile", "seed", "profiles"}
+#: sections whose per-profile override may set only these keys (dvc.yaml tracks exactly these per
+#: profile; a profile overriding a shared key would change results without DVC noticing).
+PROFILE_KEYS: dict[str, tuple[str, ...]] = {"tokenizers": ("steps", "rfid_n", "eval_n")}
 
 
 def read(path: str | Path | None = None) -> dict:
@@ -111,8 +241,13 @@ def validate(params: dict, where: str = "params.yaml") -> None:
                 errors.append(f"{section}.{key}: missing")
                 continue
             problem = check(values[key])
-            if problem:
+            if isinstance(problem, list):  # a mapping checker: one message per entry, each "name..."
+                errors += [f"{section}.{key}.{msg}" for msg in problem]
+            elif problem:
                 errors.append(f"{section}.{key}: {problem}")
+    if not errors:
+        for cross in CROSS_CHECKS:
+            errors += cross(params)
     if errors:
         raise AtelierInputError(f"{where}: invalid parameters:\n  " + "\n  ".join(errors))
 
@@ -131,6 +266,17 @@ def load(profile: str | None = None, path: str | Path | None = None) -> dict:
             f"{where}: unknown profile {profile!r}; choose one of {sorted(profiles) or list(PROFILES)}"
         )
     shared = {k: v for k, v in raw.items() if k not in TOP_LEVEL}
+    for section, allowed in PROFILE_KEYS.items():
+        override = (profiles[profile] or {}).get(section) or {}
+        stray = [k for k in override if k not in allowed] if isinstance(override, dict) else []
+        if stray:
+            raise AtelierInputError(
+                f"{where}: profiles.{profile}.{section}.{stray[0]}: a profile may set only {', '.join(allowed)} "
+                f"in '{section}' (set shared values in the top-level '{section}' section)"
+            )
+        for key in allowed:
+            if key in (raw.get(section) or {}):
+                raise AtelierInputError(f"{where}: {section}.{key}: set it per profile (profiles.<name>.{section}.{key})")
     merged = _merge(shared, profiles[profile] or {})
     merged["profile"] = profile
     merged["seed"] = raw.get("seed", 0)
