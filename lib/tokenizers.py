@@ -122,25 +122,6 @@ def loss_path(name: str) -> Path:
     return out_root() / "results" / STAGE / name / "loss.json"
 
 
-def check_resumable(ckpt: Path, steps: int) -> None:
-    """Refuse to resume a checkpoint written for another step count.
-
-    :class:`~lib.training.ResumableTrainer` resumes any checkpoint of the same architecture; one of a
-    longer run would silently skip training, and one of a different run length had its
-    discriminator switched on at another step (``gan_start`` is a fraction of the steps).
-    """
-    if not Path(ckpt).is_file():
-        return
-    from safetensors import safe_open
-
-    with safe_open(str(ckpt), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    found = int(meta.get("total_steps", "-1"))
-    if found != steps:
-        raise AtelierInputError(f"{ckpt}: checkpoint of a {found}-step run, this run has {steps} steps; "
-                                "delete it to train from scratch (or restore the step count to resume)")
-
-
 def describe(tok) -> dict[str, Any]:
     """Sizes that tables print: token grid, vocabulary, codebook storage, bits per image."""
     h, w, c = tok.token_shape

@@ -93,6 +93,12 @@ class ResumableTrainer:
         if not self.ckpt_path.exists():
             return False
         tensors, meta = load_checkpoint(self.ckpt_path, expect_arch=self.arch)
+        # A checkpoint of a run with another length would silently skip or misplace training
+        # (schedules and warm-ups are fractions of total_steps), so it is refused, not resumed.
+        if int(meta.get("total_steps", -1)) != self.total_steps:
+            raise AtelierInputError(
+                f"{self.ckpt_path}: checkpoint of a {meta.get('total_steps')}-step run, this run has "
+                f"{self.total_steps} steps; delete it to train from scratch (or restore the step count to resume)")
         model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         missing, unexpected = self.model.load_state_dict(model_sd, strict=False)
         if missing or unexpected:

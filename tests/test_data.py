@@ -122,8 +122,10 @@ def test_relative_captions_describe_exactly_the_changes():
     rng = np.random.default_rng(0)
     caps = relative_captions(rng, (0, 0), (4, 0))
     assert len(caps) == 2 and all("blue" in c for c in caps)
-    caps = relative_captions(rng, (0, 0), (0, 2))
-    assert all(COLOUR_NAMES[0] not in c or "red" not in c.split()[1:2] for c in caps)
+    caps = relative_captions(rng, (0, 0), (0, 2))   # pattern only: plain -> dotted
+    dotted_words = PATTERNS[2][1] + PATTERNS[2][2]
+    assert all(any(w in c for w in dotted_words) for c in caps)
+    assert not any(name in c for c in caps for name in COLOUR_NAMES)
     with pytest.raises(ValueError, match="identical"):
         relative_captions(rng, (1, 1), (1, 1))
 

@@ -54,6 +54,12 @@ def test_checkpoint_of_other_architecture_is_refused(tmp_path):
         _run(tmp_path / "c.safetensors", total=10, arch={"name": "other"})
 
 
+def test_checkpoint_of_a_run_with_another_length_is_refused(tmp_path):
+    _run(tmp_path / "d.safetensors", total=5)
+    with pytest.raises(AtelierInputError, match=r"d\.safetensors: checkpoint of a 5-step run, this run has 10 steps"):
+        _run(tmp_path / "d.safetensors", total=10)
+
+
 def test_batch_indices_cover_each_epoch_once():
     seen = np.concatenate([batch_indices(100, 10, s, seed=0) for s in range(10)])
     assert sorted(seen.tolist()) == list(range(100))
