@@ -9,6 +9,7 @@ silently fall back to a default.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,12 +109,67 @@ def _finetune_entry(name: str, entry: Any) -> list[str]:
         return [f": must be a mapping with {', '.join(FINETUNE_KEYS)}, got {entry!r}"]
     problems = [f".{k}: unknown key (known: {', '.join(FINETUNE_KEYS)})" for k in entry if k not in FINETUNE_KEYS]
     problems += [f".{k}: missing" for k in FINETUNE_KEYS if k not in entry]
+    if "base" in entry and not isinstance(entry["base"], str):
+        problems.append(f".base: must name a config in tokenizers.configs, got {entry['base']!r}")
     for key in ("width_mult", "depth_mult"):
         if key in entry:
             problem = _int(1, 8)(entry[key])
             if problem:
                 problems.append(f".{key}: {problem}")
     return problems
+
+
+GENERATOR_KINDS = ("masked", "autoregressive")
+TEXT_MODES = ("none", "cross_attention", "in_sequence")
+GENERATOR_OBJECTIVES = ("muse", "m6", "class")
+GENERATOR_KEYS = ("kind", "tokenizer", "decode_with", "text_mode", "objective", "max_visual_tokens")
+SAMPLING_KEYS = {
+    "maskgit_steps": None, "smart_T": None, "smart_alpha": None, "smart_beta": None, "temperature": None,
+    "choice_temperature": None, "guidance_scale": None, "guidance_sweep": None, "top_k": None,
+}
+
+
+def _generator_entry(name: str, entry: Any) -> list[str]:
+    if not isinstance(entry, dict):
+        return [f": must be a mapping with {', '.join(GENERATOR_KEYS)}, got {entry!r}"]
+    problems = [f".{k}: unknown key (known: {', '.join(GENERATOR_KEYS)})" for k in entry if k not in GENERATOR_KEYS]
+    for key, allowed in (("kind", GENERATOR_KINDS), ("text_mode", TEXT_MODES), ("objective", GENERATOR_OBJECTIVES)):
+        if entry.get(key) not in allowed:
+            problems.append(f".{key}: must be one of {', '.join(allowed)}, got {entry.get(key)!r}")
+    if not isinstance(entry.get("tokenizer"), str):
+        problems.append(f".tokenizer: must name a tokenizer in tokenizers.configs, got {entry.get('tokenizer')!r}")
+    if "max_visual_tokens" in entry:
+        problem = _int(0, 4096)(entry["max_visual_tokens"])
+        if problem:
+            problems.append(f".max_visual_tokens: {problem}")
+        elif entry["max_visual_tokens"] > 0 and (entry.get("kind") != "masked" or entry.get("text_mode") != "in_sequence"):
+            problems.append(".max_visual_tokens: visual conditions need kind masked and text_mode in_sequence (M6-Fashion)")
+    return problems
+
+
+def _sampling(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return f"must be a mapping, got {v!r}"
+    unknown = [k for k in v if k not in SAMPLING_KEYS]
+    if unknown:
+        return f"unknown key {unknown[0]!r} (known: {', '.join(SAMPLING_KEYS)})"
+    checks = {"maskgit_steps": _int(1, 1024), "smart_T": _int(2, 1024), "smart_alpha": _float(0.0, 1.0),
+              "smart_beta": _float(0.0, 1.0), "temperature": _float(0.0, 100.0),
+              "choice_temperature": _float(0.0, 100.0), "guidance_scale": _float(0.0, 100.0),
+              "top_k": _int(1, 1 << 20)}
+    for key, check in checks.items():
+        if key not in v:
+            return f"{key}: missing"
+        problem = check(v[key])
+        if problem:
+            return f"{key}: {problem}"
+    if v["smart_beta"] > v["smart_alpha"]:
+        return f"smart_beta ({v['smart_beta']}) must not exceed smart_alpha ({v['smart_alpha']}) (M6-Fashion Sec. 3.2)"
+    sweep = v.get("guidance_sweep")
+    if not isinstance(sweep, list) or not sweep or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                         or not math.isfinite(x) or x < 0 for x in sweep):
+        return f"guidance_sweep: must be a non-empty list of scales >= 0, got {sweep!r}"
+    return None
 
 
 def _steps_entry(name: str, entry: Any) -> list[str]:
@@ -140,6 +196,31 @@ def _check_tokenizers(params: dict) -> list[str]:
         elif steps.get(n, 0) > 0 and steps.get(ft["base"], 0) == 0:
             errors.append(f"tokenizers.steps.{n}: fine-tunes {ft['base']!r}, which this profile does not train "
                           f"(tokenizers.steps.{ft['base']} = 0)")
+    return errors
+
+
+def _check_generation(params: dict) -> list[str]:
+    """Cross-key checks of ``generation``: every model has steps, names a known tokenizer."""
+    gen, tok = params.get("generation"), params.get("tokenizers")
+    if not isinstance(gen, dict) or not isinstance(tok, dict):
+        return []
+    models, steps = gen["models"], gen["steps"]
+    known_tok = [*tok["configs"], *tok["finetunes"]]
+    errors = [f"generation.steps.{n}: missing (every model needs a step count in every profile; 0 = not run)"
+              for n in models if n not in steps]
+    errors += [f"generation.steps.{n}: no such model in generation.models" for n in steps if n not in models]
+    for n, m in models.items():
+        if m["tokenizer"] not in tok["configs"]:
+            errors.append(f"generation.models.{n}.tokenizer: {m['tokenizer']!r} is not in tokenizers.configs "
+                          f"(known: {', '.join(tok['configs'])})")
+        elif steps.get(n, 0) > 0 and tok["steps"].get(m["tokenizer"], 0) == 0:
+            errors.append(f"generation.steps.{n}: uses tokenizer {m['tokenizer']!r}, which this profile does not "
+                          f"train (tokenizers.steps.{m['tokenizer']} = 0)")
+        if m.get("decode_with") is not None and m["decode_with"] not in known_tok:
+            errors.append(f"generation.models.{n}.decode_with: {m['decode_with']!r} is not a tokenizer "
+                          f"(known: {', '.join(known_tok)})")
+    if gen["dim"] % gen["heads"]:
+        errors.append(f"generation.dim: {gen['dim']} must be divisible by generation.heads ({gen['heads']})")
     return errors
 
 
@@ -188,13 +269,32 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "rfid_n": _int(10, 50000),
         "eval_n": _int(10, 10000, nullable=True),
     },
+    "generation": {
+        "dim": _int(8, 8192),
+        "depth": _int(1, 128),
+        "heads": _int(1, 128),
+        "mlp_ratio": _float(0.5, 16.0),
+        "batch_size": _int(1, 65536),
+        "lr": _float(1e-7, 1.0),
+        "warmup_steps": _int(0, 10_000_000),
+        "label_smoothing": _float(0.0, 0.99),
+        "cond_drop": _float(0.0, 1.0),
+        "sampling": _sampling,
+        "models": _named(_generator_entry),
+        # per profile
+        "steps": _named(_steps_entry),
+        "eval_n": _int(10, 50000),
+        "sweep_n": _int(10, 50000),
+        "edit_n": _int(1, 256),
+    },
 }
 #: checks across keys of one or more sections, run when every key passed its own check.
-CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers,)
+CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers, _check_generation)
 TOP_LEVEL = {"profile", "seed", "profiles"}
 #: sections whose per-profile override may set only these keys (dvc.yaml tracks exactly these per
 #: profile; a profile overriding a shared key would change results without DVC noticing).
-PROFILE_KEYS: dict[str, tuple[str, ...]] = {"tokenizers": ("steps", "rfid_n", "eval_n")}
+PROFILE_KEYS: dict[str, tuple[str, ...]] = {"tokenizers": ("steps", "rfid_n", "eval_n"),
+                                            "generation": ("steps", "eval_n", "sweep_n", "edit_n")}
 
 
 def read(path: str | Path | None = None) -> dict:
@@ -260,11 +360,17 @@ def load(profile: str | None = None, path: str | Path | None = None) -> dict:
     raw = read(path)
     where = str(path or "params.yaml")
     profile = profile if profile is not None else raw.get("profile", "default")
-    profiles = raw.get("profiles") or {}
-    if profile not in profiles:
+    profiles = raw.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise AtelierInputError(f"{where}: profiles: must be a mapping of profile name -> overrides, "
+                                f"got {type(profiles).__name__}")
+    if not isinstance(profile, str) or profile not in profiles:
         raise AtelierInputError(
             f"{where}: unknown profile {profile!r}; choose one of {sorted(profiles) or list(PROFILES)}"
         )
+    if profiles[profile] is not None and not isinstance(profiles[profile], dict):
+        raise AtelierInputError(f"{where}: profiles.{profile}: must be a mapping of section -> overrides, "
+                                f"got {type(profiles[profile]).__name__}")
     shared = {k: v for k, v in raw.items() if k not in TOP_LEVEL}
     for section, allowed in PROFILE_KEYS.items():
         override = (profiles[profile] or {}).get(section) or {}
@@ -275,9 +381,13 @@ def load(profile: str | None = None, path: str | Path | None = None) -> dict:
                 f"in '{section}' (set shared values in the top-level '{section}' section)"
             )
         for key in allowed:
-            if key in (raw.get(section) or {}):
+            if isinstance(raw.get(section), dict) and key in raw[section]:
                 raise AtelierInputError(f"{where}: {section}.{key}: set it per profile (profiles.<name>.{section}.{key})")
     merged = _merge(shared, profiles[profile] or {})
+    # validate() skips absent sections (it also checks partial dicts); a loaded profile needs them all.
+    absent = [section for section in SCHEMA if section not in merged]
+    if absent:
+        raise AtelierInputError(f"{where} (profile {profile!r}): section(s) {', '.join(absent)} missing")
     merged["profile"] = profile
     merged["seed"] = raw.get("seed", 0)
     validate(merged, f"{where} (profile {profile!r})")

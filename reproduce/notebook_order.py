@@ -1,17 +1,30 @@
-"""Print the notebooks in pipeline order: the order their stages appear in dvc.yaml.
+"""The pipeline's steps in dvc.yaml order, for running it under the test harness.
 
-reproduce/test runs nbval on the notebooks in this order, so each smoke notebook finds the outputs
-of the ones before it (the same order `dvc repro` runs them). Notebooks no stage names come last.
+``python reproduce/notebook_order.py`` prints the notebooks in pipeline order (the order their
+stages appear in dvc.yaml; notebooks no stage names come last).
+
+``python reproduce/notebook_order.py --steps PROFILE`` prints one step per line for reproduce/test:
+
+- ``nbval <notebook> [name=value ...]``: run the notebook under pytest --nbval with these papermill
+  parameters (plus ``profile``);
+- ``cmd <shell command>``: a stage that is not a plain notebook (a ``foreach`` entry beyond the
+  first the profile trains, a Python entry point), run as is.
+
+``foreach`` stages are expanded over their items from params.yaml; entries the profile gives 0
+steps are still run (they write their 'skipped' outputs in a second, as under ``dvc repro``).
+Benchmark stages (``bench_*``) are left out: the tests run the benchmarks themselves.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = re.compile(r"notebooks/[\w.-]+\.ipynb")
 
 
 def ordered_notebooks(root: Path = ROOT) -> list[str]:
@@ -20,12 +33,57 @@ def ordered_notebooks(root: Path = ROOT) -> list[str]:
     for stage in stages.values():
         cmd = stage.get("do", stage).get("cmd", "")
         cmd = " ".join(cmd) if isinstance(cmd, list) else cmd
-        for nb in re.findall(r"notebooks/[\w.-]+\.ipynb", cmd):
+        for nb in NOTEBOOK.findall(cmd):
             if nb not in order:
                 order.append(nb)
     rest = sorted(str(p.relative_to(root)) for p in (root / "notebooks").glob("*.ipynb"))
     return order + [nb for nb in rest if nb not in order]
 
 
+def _lookup(params: dict, dotted: str):
+    value = params
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def _substitute(text: str, env: dict) -> str:
+    return re.sub(r"\$\{([\w.]+)\}", lambda m: str(_lookup(env, m.group(1))), text)
+
+
+def pipeline_steps(profile: str, root: Path = ROOT) -> list[tuple[str, str]]:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    steps: list[tuple[str, str]] = []
+    seen_notebooks: set[str] = set()
+    for name, stage in stages.items():
+        if name.startswith("bench"):
+            continue
+        env = {**params, "profile": profile}
+        if "foreach" in stage:
+            items = _lookup(params, stage["foreach"].strip("${} "))
+            for key, item in items.items():
+                cmd = _substitute(stage["do"]["cmd"], {**env, "key": key, "item": item})
+                nbs = NOTEBOOK.findall(cmd)
+                if nbs and nbs[0] not in seen_notebooks and "--config" in cmd:
+                    seen_notebooks.add(nbs[0])
+                    steps.append(("nbval", f"{nbs[0]} config={key}"))
+                else:
+                    steps.append(("cmd", " ".join(cmd.split())))
+            continue
+        cmd = " ".join(_substitute(stage["cmd"], env).split())
+        nbs = NOTEBOOK.findall(cmd)
+        if nbs and "papermill" in cmd:
+            steps.append(("nbval", nbs[0]))
+            seen_notebooks.add(nbs[0])
+        else:
+            steps.append(("cmd", cmd))
+    return steps
+
+
 if __name__ == "__main__":
-    print("\n".join(ordered_notebooks()))
+    if len(sys.argv) == 3 and sys.argv[1] == "--steps":
+        for kind, what in pipeline_steps(sys.argv[2]):
+            print(f"{kind} {what}")
+    else:
+        print("\n".join(ordered_notebooks()))

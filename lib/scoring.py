@@ -1,0 +1,143 @@
+"""Score generated images with every judge at once: the evaluation panel of the generation tables.
+
+One object loads what the ``judges`` stage trained and cached, then scores a batch of generated
+images the same way for every table (M6-Fashion Tables 2-4, MoVQ Tables 2-3, Muse Table 1,
+UniFashion Table 3):
+
+- FID / KID (and optionally precision/recall) on the real FID Inception network against the cached
+  statistics of the first ``fid_n`` real test images (:func:`lib.metrics.fid_kid`);
+- the **classifier score**: the Inception Score formula on our domain classifier's category
+  probabilities (IS itself needs the full Inception weights, which are not available offline: the
+  tables say so);
+- **CLIP-score**: cosine of the in-domain contrastive judge (own image encoder + frozen MiniLM),
+  standing in for CLIP (no CLIP weights offline; a local open_clip checkpoint can replace it);
+- **attribute accuracy**: the domain classifier's category / colour / pattern predictions against
+  the attributes the prompt (or the composed query's target) asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .io import AtelierInputError
+
+ATTRIBUTES = ("category", "colour", "pattern")
+
+IMPLEMENTATIONS = {
+    "fid": "lib.metrics.image_quality.fid_kid: FID/KID on torch-fidelity's inception-v3-compat (real FID Inception weights) "
+           "against the cached statistics of the first fid_n real test images",
+    "classifier_score": "lib.metrics.domain.classifier_score_splits: Inception Score formula on the domain classifier's "
+                        "category probabilities (stand-in for IS: full Inception weights are unavailable offline)",
+    "clip_score": "lib.judges.contrastive.clip_score: cosine of the in-domain contrastive judge (stand-in for CLIP)",
+    "attribute_accuracy": "lib.metrics.domain.attribute_accuracy: domain classifier predictions vs the requested attributes",
+}
+STAND_INS = ("IS -> classifier score (Inception Score formula on our domain classifier's category probabilities); "
+             "CLIP-score -> in-domain contrastive judge (frozen MiniLM text side); images are colourised "
+             "Fashion-MNIST 32x32 standing in for M2C-Fashion / CC3M / Fashion-IQ")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float ``[N,3,H,W]`` in [-1, 1] -> uint8 ``[N,3,H,W]``."""
+    return torch.round((images.clamp(-1, 1) + 1.0) * 127.5).to(torch.uint8)
+
+
+class JudgePanel:
+    """The judges of one profile, loaded once. ``score(...)`` returns one flat dict of metrics."""
+
+    def __init__(self, params: Mapping[str, Any], device: str = "cpu", progress: bool = False):
+        from .judges.classifier import load_classifier
+        from .judges.contrastive import load_judge
+        from .paths import artifacts_dir
+
+        jp = params["judges"]
+        root = artifacts_dir("judges")
+        for name in ("classifier.safetensors", "contrastive.safetensors"):
+            if not (root / name).is_file():
+                raise AtelierInputError(f"{root / name}: missing; run the judges stage first (dvc repro judges)")
+        self.params, self.device, self.progress = params, device, progress
+        self.classifier = load_classifier(root / "classifier.safetensors", width=jp["width"], device=device).eval()
+        self.judge = load_judge(root / "contrastive.safetensors", width=jp["width"], embed_dim=jp["embed_dim"],
+                                device=device).eval()
+        self._reference = None
+
+    # -- the real reference set (cached by the judges stage) -------------------------------------
+    def reference(self, test_images_u8: np.ndarray):
+        """Inception statistics of the first ``judges.fid_n`` real test images (the judges stage's cache)."""
+        from .metrics import reference_stats
+
+        if self._reference is None:
+            n_ref = min(int(self.params["judges"]["fid_n"]), len(test_images_u8))
+
+            def real():
+                return torch.from_numpy(np.ascontiguousarray(test_images_u8[:n_ref])).permute(0, 3, 1, 2).contiguous()
+
+            self._reference = reference_stats(real, dataset="atelier-captions", split="test",
+                                              profile=self.params["profile"], n=n_ref, progress=self.progress)
+        return self._reference
+
+    # -- scores ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Domain-classifier probabilities per attribute for float images in [-1, 1]."""
+        return self.classifier.predict(images.to(self.device))
+
+    @torch.no_grad()
+    def clip_scores(self, images: torch.Tensor, pooled_text: torch.Tensor) -> torch.Tensor:
+        """Per-image judge cosine against pooled MiniLM text embeddings ``[N, 384]``."""
+        from .judges.contrastive import clip_score
+
+        return clip_score(self.judge, images.to(self.device), pooled_text.to(self.device)).cpu()
+
+    def score(self, images: torch.Tensor, *, test_images_u8: np.ndarray | None = None,
+              targets: Mapping[str, Sequence[int] | torch.Tensor] | None = None,
+              pooled_text: torch.Tensor | None = None, fid: bool = True, prc: bool = False,
+              splits: int = 10) -> dict[str, Any]:
+        """Every metric that applies to ``images`` (float ``[N,3,H,W]`` in [-1, 1]).
+
+        ``targets``: requested attributes (``{attr: labels [N]}``, any subset of category / colour /
+        pattern) for attribute accuracy; ``pooled_text``: the prompts' pooled MiniLM embeddings for
+        CLIP-score; ``test_images_u8``: the real test split for the FID reference (needed if ``fid``).
+        """
+        from .metrics import attribute_accuracy, classifier_score_splits, fid_kid
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise AtelierInputError(f"JudgePanel.score: images must be [N,3,H,W], got {tuple(images.shape)}")
+        n = len(images)
+        out: dict[str, Any] = {"num_samples": n}
+        probs = self.predict(images)
+        cs = classifier_score_splits(probs["probs_category"], splits=min(splits, n))
+        out["classifier_score"], out["classifier_score_std"] = cs["mean"], cs["std"]
+        if targets:
+            pred = {a: probs[f"probs_{a}"].argmax(-1) for a in targets}
+            acc = attribute_accuracy(pred, {a: torch.as_tensor(np.asarray(v)) for a, v in targets.items()})
+            out.update({f"acc_{a}": v for a, v in acc["per_attribute"].items()})
+            out["acc_joint"] = acc["joint"]
+        if pooled_text is not None:
+            if len(pooled_text) != n:
+                raise AtelierInputError(f"JudgePanel.score: {n} images but {len(pooled_text)} text embeddings")
+            out["clip_score"] = float(self.clip_scores(images, pooled_text).mean())
+        if fid:
+            if test_images_u8 is None:
+                raise AtelierInputError("JudgePanel.score: fid=True needs test_images_u8 (the real reference set)")
+            f = fid_kid(to_uint8(images), self.reference(test_images_u8), prc=prc, progress=self.progress)
+            out.update(fid=f["fid"], kid=f["kid_mean"], kid_std=f["kid_std"])
+            if prc:
+                out.update(precision=f["precision"], recall=f["recall"])
+            out["fid_provenance"] = {k: f[k] for k in ("implementation", "feature_network", "feature_weights_sha256",
+                                                       "num_samples", "fid_method", "seed", "reference_cache") if k in f}
+        return out
+
+
+def attribute_targets(arrays: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """``{attr: labels}`` of the images ``idx`` of a caption-dataset split (the prompts' attributes)."""
+    return {a: np.asarray(arrays[a])[idx] for a in ATTRIBUTES}
+
+
+def pooled_text(texts: Sequence[str]) -> torch.Tensor:
+    """Pooled frozen-MiniLM embeddings ``[N, 384]`` of ``texts`` (the CLIP-score text side)."""
+    from .text.encoder import shared_encoder
+
+    return shared_encoder().encode(list(texts))["pooled"]
