@@ -64,7 +64,7 @@ def atomic_write_json(target: str | os.PathLike, obj: Any) -> Path:
 
 
 def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:  # numpy / torch scalars
         return value.item()
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -80,8 +80,10 @@ def read_json(path: str | os.PathLike) -> Any:
         raise AtelierInputError(f"{path}: file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AtelierInputError(f"{path}: not valid JSON ({err})") from None
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and integers longer than Python's
+    # int-string limit; RecursionError is what deeply nested arrays raise.
+    except (ValueError, RecursionError) as err:
+        raise AtelierInputError(f"{path}: not valid JSON ({str(err)[:200]})") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -102,11 +104,47 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Any], meta: M
 
     if "arch" not in meta:
         raise ValueError("checkpoint meta must contain 'arch'")
+    if CHECKSUM_KEY in meta:
+        raise ValueError(f"checkpoint meta key {CHECKSUM_KEY!r} is reserved")
     header = {key: json.dumps(value, sort_keys=True, default=_jsonable) for key, value in meta.items()}
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    header[CHECKSUM_KEY] = json.dumps(_tensors_digest(contiguous))  # every header value is JSON
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=header)
+        _sort_metadata(tmp)
     return Path(path)
+
+
+#: metadata key holding the sha256 of every tensor's name, dtype, shape and bytes
+CHECKSUM_KEY = "tensors_sha256"
+
+
+def _tensors_digest(tensors: Mapping[str, Any]) -> str:
+    """sha256 over the tensors in name order, so a flipped payload bit is caught on load."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the safetensors header with its metadata in sorted key order: safetensors writes it
+    from a Rust HashMap, in a random order per save, so equal checkpoints were different files."""
+    with open(path, "r+b") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        text += b" " * (n - len(text))  # same length: same keys and values, reordered
+        if len(text) != n:  # serde_json escaped something differently: keep the file as written
+            return
+        fh.seek(8)
+        fh.write(text)
 
 
 def load_checkpoint(path: str | os.PathLike, expect_arch: Mapping[str, Any] | None = None, device: str = "cpu"):
@@ -128,11 +166,15 @@ def load_checkpoint(path: str | os.PathLike, expect_arch: Mapping[str, Any] | No
                 tensors[name] = fh.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise AtelierInputError(f"{path}: truncated or corrupt checkpoint ({err})") from None
+    expected = raw_meta.pop(CHECKSUM_KEY, None)
+    if expected is not None and json.dumps(_tensors_digest(tensors)) != expected:
+        raise AtelierInputError(f"{path}: corrupt checkpoint (tensor data does not match its sha256; bit rot or a "
+                                f"partial overwrite)")
     meta = {}
     for key, value in raw_meta.items():
         try:
             meta[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise AtelierInputError(f"{path}: checkpoint metadata field '{key}' is not JSON") from None
     if expect_arch is not None:
         found = meta.get("arch")

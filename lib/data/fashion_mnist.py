@@ -13,6 +13,7 @@ sha256 of the *decompressed* idx files, which is identical whichever source they
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -118,7 +119,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise AtelierInputError(f"{path}: idx header truncated")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # exact: np.prod would wrap around on a corrupt header's huge sizes
     if len(raw) - header != expected:
         raise AtelierInputError(
             f"{path}: idx payload has {len(raw) - header} bytes, header promises {expected} (truncated?)"

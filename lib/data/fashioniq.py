@@ -113,6 +113,8 @@ class FashionIQ:
         """The image as an RGB ``PIL.Image`` (optionally resized to ``size`` x ``size``)."""
         from PIL import Image, UnidentifiedImageError
 
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise AtelierInputError(f"size must be a positive integer or None, got {size!r}")
         path = self.image_path(image_id)
         try:
             with Image.open(path) as img:
@@ -120,7 +122,9 @@ class FashionIQ:
                 if size is not None and img.size != (size, size):
                     img = img.resize((size, size), Image.BICUBIC)
                 return img
-        except (UnidentifiedImageError, OSError) as err:
+        # DecompressionBombError: a header claiming hundreds of megapixels; ValueError: a mode
+        # PIL cannot convert to RGB or a zero-sized image.
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
             raise AtelierInputError(f"{path}: cannot read image ({err})") from None
 
     def query_text(self, triplet: Triplet) -> str:
