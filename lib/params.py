@@ -294,7 +294,10 @@ TOP_LEVEL = {"profile", "seed", "profiles"}
 #: sections whose per-profile override may set only these keys (dvc.yaml tracks exactly these per
 #: profile; a profile overriding a shared key would change results without DVC noticing).
 PROFILE_KEYS: dict[str, tuple[str, ...]] = {"tokenizers": ("steps", "rfid_n", "eval_n"),
-                                            "generation": ("steps", "eval_n", "sweep_n", "edit_n")}
+                                            "generation": ("steps", "eval_n", "sweep_n", "edit_n"),
+                                            "retrieval": ("steps", "train_images", "train_triplets_per_category",
+                                                          "cmr_images", "random_negatives", "composed_queries",
+                                                          "caption_eval_n")}
 
 
 def read(path: str | Path | None = None) -> dict:

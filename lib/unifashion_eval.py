@@ -1,0 +1,292 @@
+"""Evaluation of the UniFashion stages' models, in the paper's table layouts, and their figures.
+
+Used by the stage metrics of :mod:`lib.unifashion` and by notebooks 06 (retrieval) and 07 (captioning):
+
+- cross-modal retrieval, UniFashion Table 1 (:func:`cross_modal`): image->text / text->image R@1/5/10,
+  random-100 protocol and full gallery (:func:`lib.retrieval.evaluate.cross_modal_recall`);
+- composed retrieval, Table 4 (:func:`composed`), with UniFashion's "pregenerated candidate library"
+  of gallery captions (:func:`gallery_captions`, :func:`with_caption_embeddings`);
+- captioning, Table 2 (:func:`caption_eval`; pycocoevalcap, Java-less runs report the metrics as
+  unavailable) and whether captions name the right attributes (:func:`caption_attribute_accuracy`);
+- rows in the paper's columns (values x 100, as printed) and the query / caption figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+def cross_modal(qformer, cmr: Mapping[str, Any], R: Mapping[str, Any], seed: int = 0) -> dict:
+    """UniFashion Table 1 analogue for one Q-Former: image->text / text->image R@1/5/10 over the
+    full gallery and under the random-(1 + ``random_negatives``) same-category protocol."""
+    from .retrieval.evaluate import cross_modal_recall, embed_images, embed_texts
+
+    img = embed_images(qformer, cmr["image_feats"])
+    txt = embed_texts(qformer, cmr["text_tokens"], cmr["text_mask"])
+    return cross_modal_recall(img, txt, cmr["text_image"], categories=cmr["categories"], image_groups=cmr["groups"],
+                              ks=(1, 5, 10), seed=seed, num_negatives=int(R["random_negatives"]))
+
+
+def gallery_captions(qformer, decoder, categories: Mapping[str, Mapping[str, Any]], R: Mapping[str, Any],
+                     batch_size: int = 256) -> dict[str, list[str]]:
+    """UniFashion's "pregenerated candidate library": a caption for every gallery image of every
+    category, generated (greedy, with the profile's instruction) from ``qformer``'s query outputs."""
+    from .retrieval.evaluate import generate_captions
+
+    return {cat: generate_captions(qformer, decoder, d["gallery_feats"], batch_size, instruction=R["instruction"])
+            for cat, d in categories.items()}
+
+
+def encode_distinct(texts: Sequence[str], encode_texts: Callable[[list[str]], Mapping[str, torch.Tensor]]):
+    """``(tokens, mask)`` of ``texts`` with every distinct string encoded once (generated captions
+    repeat a lot)."""
+    distinct = sorted(set(texts))
+    enc = encode_texts(distinct)
+    where = {t: i for i, t in enumerate(distinct)}
+    idx = torch.tensor([where[t] for t in texts], dtype=torch.long)
+    return enc["tokens"][idx], enc["mask"][idx]
+
+
+def with_caption_embeddings(qformer, categories: Mapping[str, dict], captions: Mapping[str, Sequence[str]],
+                            encode_texts: Callable[[list[str]], Mapping[str, torch.Tensor]]) -> dict[str, dict]:
+    """``categories`` with ``gallery_caption_embeds`` added: the generated gallery captions embedded by
+    ``qformer``'s text side (for the ``"w/ cap"`` and ``"w/o img"`` variants)."""
+    from .retrieval.evaluate import embed_texts
+
+    out = {}
+    for cat, data in categories.items():
+        tokens, mask = encode_distinct(list(captions[cat]), encode_texts)
+        out[cat] = {**data, "gallery_caption_embeds": embed_texts(qformer, tokens, mask)}
+    return out
+
+
+def composed(qformer, categories: Mapping[str, dict], R: Mapping[str, Any],
+             variants: Sequence[str] = ("full", "image only", "text only")) -> dict:
+    """UniFashion Table 4 analogue (R@10/R@50 per category, reference excluded) for ``variants``."""
+    from .retrieval.evaluate import composed_recall
+
+    return composed_recall(qformer, categories, variants=variants, ks=(10, 50), caption_weight=float(R["caption_weight"]))
+
+
+def composition_recall(qformer, categories: Mapping[str, Mapping[str, Any]], composition_of: Mapping[str, int],
+                       variants: Sequence[str] = ("image only", "text only", "full"),
+                       ks: Sequence[int] = (1, 10, 50)) -> dict:
+    """Composed retrieval where any gallery garment of the target's (category, colour, pattern)
+    composition counts, not only the target itself (reference excluded, as in Table 4).
+
+    Our triplets' target is one of the ~25 gallery garments of its composition per 1000, and the
+    modification text says nothing that singles it out; this recall shows how often the query gets
+    the requested attributes right. ``composition_of``: image id -> composition id.
+    Returns ``{variant: {"per_category": {cat: {"R@k"}}, "average": {"R@k"}}}``."""
+    from .metrics.retrieval import recall_at_k
+    from .retrieval.evaluate import composed_similarity, embed_composed, embed_images, embed_texts
+
+    out = {v: {"per_category": {}} for v in variants}
+    for cat, d in categories.items():
+        gallery = embed_images(qformer, d["gallery_feats"])
+        queries = {"composed": embed_composed(qformer, d["reference_feats"], d["text_tokens"], d["text_mask"]),
+                   "reference": embed_images(qformer, d["reference_feats"]),
+                   "text": embed_texts(qformer, d["text_tokens"], d["text_mask"])}
+        comp = np.array([composition_of[g] for g in d["gallery_ids"]])
+        positives = torch.from_numpy(comp[None, :] == np.array([composition_of[t] for t in d["target_ids"]])[:, None])
+        col = {g: i for i, g in enumerate(d["gallery_ids"])}
+        for v in variants:
+            sim = composed_similarity(v, gallery, **queries)
+            for row, (ref, tgt) in enumerate(zip(d["reference_ids"], d["target_ids"])):
+                if ref in col and ref != tgt:
+                    sim[row, col[ref]] = float("-inf")
+            res = recall_at_k(sim, positives, ks)
+            out[v]["per_category"][cat] = {f"R@{k}": res[f"R@{k}"] for k in ks}
+    for v in variants:
+        out[v]["average"] = {f"R@{k}": float(np.mean([r[f"R@{k}"] for r in out[v]["per_category"].values()]))
+                             for k in ks}
+    return out
+
+
+def caption_scores_or_unavailable(references: Mapping[Any, Sequence[str]], candidates: Mapping[Any, str],
+                                  metrics: Sequence[str] = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")) -> dict:
+    """:func:`lib.metrics.captions.caption_scores`; without Java (its tokenizer and METEOR need it)
+    every metric is reported as ``None`` with the reason under ``"unavailable"``."""
+    from .metrics.captions import JavaNotFoundError, caption_scores
+
+    try:
+        return caption_scores(references, candidates, metrics)
+    except JavaNotFoundError as err:
+        return {**{m: None for m in metrics}, "unavailable": str(err), "num_samples": len(candidates)}
+
+
+def caption_eval(qformer, decoder, ws, n: int, metrics: Sequence[str] = ("BLEU-4", "METEOR", "ROUGE-L",
+                                                                                     "CIDEr")) -> dict:
+    """Captions of the first ``n`` images of ``cmr_split`` (``ws``: a :class:`lib.unifashion.Workspace`) (greedy, the profile's instruction) scored
+    against their reference captions (UniFashion Table 2 analogue). Returns ``{"scores", "captions",
+    "references", "rows"}``."""
+    from .retrieval.evaluate import generate_captions
+
+    split = ws.selection["cmr_split"]
+    n = min(int(n), int(ws.selection["cmr_images"]))
+    names = [str(x) for x in ws.arrays[split]["names"][:n]]
+    caps = generate_captions(qformer, decoder, ws.features_of(split, names), instruction=ws.R["instruction"])
+    refs = [list(ws.captions[split][i]) for i in range(n)]
+    scores = caption_scores_or_unavailable({i: r for i, r in enumerate(refs)}, {i: c for i, c in enumerate(caps)},
+                                           metrics)
+    return {"scores": scores, "captions": caps, "references": refs, "rows": np.arange(n), "split": split}
+
+
+def caption_attribute_accuracy(captions: Sequence[str], arrays: Mapping[str, np.ndarray], rows: Sequence[int]) -> dict:
+    """How often a generated caption names the image's category, colour and pattern correctly
+    (any synonym of :mod:`lib.data.attributes`; a caption that names two colours or two patterns
+    is wrong on that attribute). Plain images may say so or not mention a pattern."""
+    import re
+
+    from .data.attributes import CATEGORIES, COLOUR_NAMES, PATTERNS
+
+    def found(text, phrases):
+        return [i for i, ps in enumerate(phrases) if any(re.search(rf"(?<![\w-]){re.escape(p)}(?![\w-])", text)
+                                                        for p in ps)]
+
+    cat_phrases = [names for _, names in CATEGORIES]
+    pat_phrases = [(name, *adj, *nouns) for name, adj, nouns in PATTERNS]
+    hits = {"category": [], "colour": [], "pattern": []}
+    for text, r in zip(captions, rows):
+        text = text.lower()
+        # Word boundaries include "-": "shirt" is not found inside "t-shirt" (nested synonyms such as
+        # "boot" in "ankle boot" name the same category).
+        cats = found(text, cat_phrases)
+        cols = found(text, [(c,) for c in COLOUR_NAMES])
+        pats = found(text, pat_phrases)
+        hits["category"].append(cats == [int(arrays["category"][r])])
+        hits["colour"].append(cols == [int(arrays["colour"][r])])
+        truth = int(arrays["pattern"][r])
+        hits["pattern"].append(pats == [truth] or (not pats and PATTERNS[truth][0] == "plain"))
+    out = {f"acc_{k}": float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
+    out["acc_joint"] = float(np.mean([a and b and c for a, b, c in zip(*hits.values())])) if captions else float("nan")
+    out["num_captions"] = len(captions)
+    return out
+
+
+def composed_topk(qformer, data: Mapping[str, Any], k: int = 5, queries: Sequence[int] = (0, 1, 2)) -> list[dict]:
+    """Top-``k`` gallery ids of the composed query (variant ``"full"``, reference excluded) for the
+    chosen query rows of one category: ``[{"reference", "text", "target", "top": [ids]}]``."""
+    from .retrieval.evaluate import composed_similarity, embed_composed, embed_images
+
+    q = list(queries)
+    comp = embed_composed(qformer, data["reference_feats"][q], data["text_tokens"][q], data["text_mask"][q])
+    sim = composed_similarity("full", embed_images(qformer, data["gallery_feats"]), composed=comp)
+    col = {g: i for i, g in enumerate(data["gallery_ids"])}
+    out = []
+    for r, row in zip(q, sim):
+        ref = data["reference_ids"][r]
+        if ref in col and ref != data["target_ids"][r]:
+            row[col[ref]] = float("-inf")
+        top = row.topk(min(k, len(row))).indices.tolist()
+        out.append({"reference": ref, "text": data["texts"][r], "target": data["target_ids"][r],
+                    "top": [data["gallery_ids"][i] for i in top]})
+    return out
+
+
+def framed(images: np.ndarray, mask: Sequence[bool], colour=(40, 180, 60), width: int = 2) -> np.ndarray:
+    """uint8 ``[n, H, W, 3]`` images with a coloured frame on those where ``mask`` is True."""
+    out = np.array(images, copy=True)
+    for i, m in enumerate(mask):
+        if m:
+            out[i, :width], out[i, -width:], out[i, :, :width], out[i, :, -width:] = colour, colour, colour, colour
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Table rows and figures in the paper's layout (values x100, as the paper prints them)
+# ---------------------------------------------------------------------------------------------
+def table1_row(result: Mapping[str, Any], protocol: str) -> dict:
+    """UniFashion Table 1 columns of a :func:`cross_modal` result; ``protocol``: ``"random100"``
+    or ``"full"``."""
+    row = {}
+    for short, direction in (("I2T", "image_to_text"), ("T2I", "text_to_image")):
+        for k in (1, 5, 10):
+            row[f"{short} R@{k}"] = 100 * float(result[direction][protocol][f"R@{k}"])
+    row["Mean"] = 100 * float(result[f"mean_{protocol}"])
+    return row
+
+
+def table4_row(summary: Mapping[str, Any]) -> dict:
+    """UniFashion Table 4 columns of one :func:`lib.metrics.retrieval.fashioniq_summary`."""
+    row = {}
+    for cat, name in (("dress", "Dress"), ("shirt", "Shirt"), ("toptee", "Toptee")):
+        for k in (10, 50):
+            value = summary["per_category"].get(cat, {}).get(f"R@{k}")
+            row[f"{name} R@{k}"] = None if value is None else 100 * float(value)
+    row["Average R@10"] = 100 * float(summary["average"]["R@10"])
+    row["Average R@50"] = 100 * float(summary["average"]["R@50"])
+    row["Avg."] = 100 * float(summary["Avg"])
+    return row
+
+
+def composed_figure(ws, examples: Sequence[Mapping[str, Any]], split: str, title: str):
+    """One row per composed query: the reference image (grey frame), then the top results, the
+    target framed green; the modification text labels the row."""
+    import textwrap
+
+    from .figures import labelled_image_rows
+
+    rows = []
+    for ex in examples:
+        ref = framed(ws.images_of(split, [ex["reference"]]), [True], colour=(150, 150, 150))
+        top = framed(ws.images_of(split, ex["top"]), [t == ex["target"] for t in ex["top"]])
+        label = "\n".join(textwrap.wrap(f"ref + '{ex['text']}'", 34))
+        rows.append((label, np.concatenate([ref, top])))
+    return labelled_image_rows(rows, title=title, scale=0.75)
+
+
+def text_to_image_topk(qformer, cmr: Mapping[str, Any], queries: Sequence[int], k: int = 5) -> list[dict]:
+    """Top-``k`` images (indices into ``cmr["image_feats"]``) for the chosen caption queries."""
+    from .retrieval.evaluate import embed_images, embed_texts
+    from .retrieval.losses import max_query_similarity
+
+    q = torch.as_tensor(list(queries), dtype=torch.long)
+    sim = max_query_similarity(embed_images(qformer, cmr["image_feats"]),
+                               embed_texts(qformer, cmr["text_tokens"][q], cmr["text_mask"][q])).T
+    groups = np.asarray(cmr["groups"])
+    out = []
+    for qi, row in zip(q.tolist(), sim):
+        top = row.topk(min(k, len(row))).indices.tolist()
+        own = groups[int(cmr["text_image"][qi])]
+        out.append({"text": cmr["texts"][qi], "top": top, "correct": [bool(groups[i] == own) for i in top]})
+    return out
+
+
+def text_to_image_figure(cmr: Mapping[str, Any], examples: Sequence[Mapping[str, Any]], title: str):
+    """One row per caption query: its top images, those of the query's composition framed green."""
+    import textwrap
+
+    from .figures import labelled_image_rows
+
+    rows = [("\n".join(textwrap.wrap(f"'{ex['text']}'", 34)), framed(cmr["images"][ex["top"]], ex["correct"]))
+            for ex in examples]
+    return labelled_image_rows(rows, title=title, scale=0.75)
+
+
+def caption_figure(images: np.ndarray, generated: Sequence[str], references: Sequence[Sequence[str]],
+                   title: str, ncol: int = 4):
+    """Images with the generated caption (bold) and the first reference caption under each."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.3 * ncol, 3.0 * nrow), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, gen, refs in zip(axes.ravel(), images, generated, references):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(gen, 28)), fontsize=8, fontweight="bold")
+        ax.text(0.5, -0.04, "\n".join(textwrap.wrap(f"ref: {refs[0]}", 30)), transform=ax.transAxes,
+                ha="center", va="top", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
