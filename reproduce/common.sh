@@ -30,7 +30,13 @@ ensure_env() {
     export PATH="$HOME/.local/bin:$PATH"
   fi
   say "syncing the environment in .venv from uv.lock (first time: several GB of wheels)"
-  uv sync --frozen --python "$(find_python)" --quiet
+  # An existing environment is synced in place: passing --python again makes uv replace the whole
+  # venv (it compares interpreter paths), which breaks any process using it at that moment.
+  if [ -x .venv/bin/python ] && .venv/bin/python -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))' 2>/dev/null; then
+    uv sync --frozen --quiet
+  else
+    uv sync --frozen --python "$(find_python)" --quiet
+  fi
   export PATH="$ROOT/.venv/bin:$PATH"
   export VIRTUAL_ENV="$ROOT/.venv"
 }
