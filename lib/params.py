@@ -224,6 +224,20 @@ def _check_generation(params: dict) -> list[str]:
     return errors
 
 
+def _check_retrieval(params: dict) -> list[str]:
+    """The ``retrieval`` section's schema lives with its code (:func:`lib.unifashion.settings`); it is
+    checked here too so that ``load`` refuses a bad value before any stage starts (imports torch)."""
+    if "retrieval" not in params:
+        return []
+    from .unifashion import settings
+
+    try:
+        settings(params)
+    except AtelierInputError as err:
+        return [line.strip() for line in str(err).splitlines()[1:]] or [str(err)]
+    return []
+
+
 #: section -> key -> checker returning an error message or None.
 SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "data": {
@@ -289,7 +303,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     },
 }
 #: checks across keys of one or more sections, run when every key passed its own check.
-CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers, _check_generation)
+CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers, _check_generation, _check_retrieval)
 TOP_LEVEL = {"profile", "seed", "profiles"}
 #: sections whose per-profile override may set only these keys (dvc.yaml tracks exactly these per
 #: profile; a profile overriding a shared key would change results without DVC noticing).
@@ -329,6 +343,10 @@ def validate(params: dict, where: str = "params.yaml") -> None:
     seed = params.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         errors.append(f"seed: must be a non-negative integer, got {seed!r}")
+    # Sections validated elsewhere (e.g. ``retrieval`` by lib.unifashion.settings) must still be mappings.
+    for section, values in params.items():
+        if section not in TOP_LEVEL and section not in SCHEMA and not isinstance(values, dict):
+            errors.append(f"{section}: must be a mapping, got {type(values).__name__}")
     for section, checks in SCHEMA.items():
         values = params.get(section)
         if values is None:
@@ -375,6 +393,10 @@ def load(profile: str | None = None, path: str | Path | None = None) -> dict:
         raise AtelierInputError(f"{where}: profiles.{profile}: must be a mapping of section -> overrides, "
                                 f"got {type(profiles[profile]).__name__}")
     shared = {k: v for k, v in raw.items() if k not in TOP_LEVEL}
+    bad = [k for k, v in shared.items() if not isinstance(v, dict)]
+    if bad:
+        raise AtelierInputError(f"{where}: {bad[0]}: must be a mapping (a section of parameters), "
+                                f"got {type(shared[bad[0]]).__name__}")
     for section, allowed in PROFILE_KEYS.items():
         override = (profiles[profile] or {}).get(section) or {}
         stray = [k for k in override if k not in allowed] if isinstance(override, dict) else []

@@ -103,7 +103,7 @@ def _floats(n: int, lo: float, hi: float) -> Callable[[Any], Optional[str]]:
 def _instruction(v: Any) -> Optional[str]:
     from .retrieval.caption_decoder import INSTRUCTIONS
 
-    if v is None or v in INSTRUCTIONS:
+    if v is None or (isinstance(v, str) and v in INSTRUCTIONS):
         return None
     return f"must be null or a UniFashion Table 7 prompt name ({', '.join(INSTRUCTIONS)}), got {v!r}"
 
