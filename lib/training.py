@@ -93,6 +93,10 @@ class ResumableTrainer:
         if not self.ckpt_path.exists():
             return False
         tensors, meta = load_checkpoint(self.ckpt_path, expect_arch=self.arch)
+        missing = [k for k in ("total_steps", "step", "history", "optimizer") if k not in meta]
+        if missing or not all(isinstance(meta[k], int) and not isinstance(meta[k], bool) for k in ("total_steps", "step")):
+            raise AtelierInputError(f"{self.ckpt_path}: not a training checkpoint (training state {missing or 'malformed'}); "
+                                    f"delete it to train from scratch")
         # A checkpoint of a run with another length would silently skip or misplace training
         # (schedules and warm-ups are fractions of total_steps), so it is refused, not resumed.
         if int(meta.get("total_steps", -1)) != self.total_steps:
@@ -104,7 +108,10 @@ class ResumableTrainer:
         if missing or unexpected:
             raise AtelierInputError(f"{self.ckpt_path}: parameters do not match the model "
                                     f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        _load_optimizer(self.optimizer, tensors, meta["optimizer"])
+        try:
+            _load_optimizer(self.optimizer, tensors, meta["optimizer"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise AtelierInputError(f"{self.ckpt_path}: optimizer state does not match this optimizer ({err})") from None
         self.step, self.history = int(meta["step"]), list(meta["history"])
         return True
 

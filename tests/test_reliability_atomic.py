@@ -229,9 +229,6 @@ def test_checkpoint_with_foreign_tensors_refused(tmp_path):
         _toy_trainer(ckpt).try_resume()
 
 
-@pytest.mark.xfail(strict=True, raises=(KeyError, ValueError),
-                   reason="ResumableTrainer.try_resume reads the training state without checks (raw KeyError / "
-                   "ValueError); fix proposed for lib/training.py, see docs/reliability.md")
 @pytest.mark.parametrize("meta", [
     {"total_steps": 10},                                                      # an exported model: no training state
     {"total_steps": "ten", "step": 2, "history": []},                        # malformed field
