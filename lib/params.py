@@ -311,7 +311,7 @@ PROFILE_KEYS: dict[str, tuple[str, ...]] = {"tokenizers": ("steps", "rfid_n", "e
                                             "generation": ("steps", "eval_n", "sweep_n", "edit_n"),
                                             "retrieval": ("steps", "train_images", "train_triplets_per_category",
                                                           "cmr_images", "random_negatives", "composed_queries",
-                                                          "caption_eval_n")}
+                                                          "caption_eval_n", "generation_eval_n")}
 
 
 def read(path: str | Path | None = None) -> dict:

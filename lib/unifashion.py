@@ -10,9 +10,13 @@ DVC stage (``python -m lib.unifashion <phase> --profile P``), built on :mod:`lib
 - ``phase1``: phase 1, cross-modal pre-training of the Q-Former with ITC + ITM (Eq. 3-5).
 - ``captioner``: phase 1, the caption decoder (the LLM's stand-in) with the Q-Former frozen (Eq. 6),
   instruction-tuned with a Table 7 prompt.
+- ``generator``: phase 1, the generator's adapter (Eq. 7) with the Q-Former frozen: the trained
+  Muse-style text-to-image model (``generation.models``) fine-tuned to generate an image's tokens
+  from its own query outputs (:mod:`lib.retrieval.query_generation`; the diffusion model's stand-in).
 - ``phase2``: phase 2, composed fine-tuning of the Q-Former from the phase-1 weights with the
-  decoder frozen: Eq. 10 plus Eq. 11's caption loss through the frozen decoder (the "+ caption
-  decoder" model, Table 5's "Base+LLM"); optionally also Eq. 10 alone (Table 5's "Base").
+  decoder and generator frozen: Eq. 10 plus Eq. 11's caption loss through the frozen decoder plus
+  Eq. 12's target-image loss through the frozen generator (L_stage2, Eq. 13: Table 5's
+  "Base+LLM+diff."); optionally also Eq. 10 alone (Table 5's "Base").
 
 Data: the caption dataset of :mod:`lib.data.build` (colourised Fashion-MNIST standing in for
 FashionGen) and its Fashion-IQ-format triplets for dress / shirt / toptee (standing in for
@@ -49,11 +53,13 @@ from .io import AtelierInputError, atomic_write_json, read_json
 from .paths import out_root
 
 STAGE = "06_unifashion"
-PHASES = ("features", "phase1", "captioner", "phase2")
+PHASES = ("features", "phase1", "captioner", "generator", "phase2")
 ENV_PARAMS = "ATELIER_PARAMS"
 QFORMER_FILE = "qformer.safetensors"
 QFORMER_BASE_FILE = "qformer_base.safetensors"
 DECODER_FILE = "decoder.safetensors"
+GENERATOR_FILE = "query_generator.safetensors"
+TOKENS_FILE = "train_tokens.safetensors"
 
 #: What stands in for the paper's data and models (said once, used by both notebooks' tables).
 STAND_INS = ("FashionGen -> colourised Fashion-MNIST images with templated captions (lib/data/build.py); "
@@ -61,7 +67,8 @@ STAND_INS = ("FashionGen -> colourised Fashion-MNIST images with templated capti
              "same file format and R@10/R@50 protocol); EVA-ViT-g -> frozen ImageNet EfficientNet-Lite0 feature maps; "
              "BLIP-2's BERT-initialised Q-Former -> a small Q-Former trained from scratch on frozen all-MiniLM-L6-v2 "
              "token features; LLaVA/Vicuna LLM -> a small caption decoder trained from scratch; "
-             "no diffusion model (composed image generation is not part of this comparison)")
+             "Stable Diffusion v1.4 -> our Muse-style masked token generator (text-to-image model `generation.models`, "
+             "fine-tuned from Q-Former queries through a linear adapter) on 32x32 VQ tokens")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +107,10 @@ def _floats(n: int, lo: float, hi: float) -> Callable[[Any], Optional[str]]:
     return check
 
 
+def _str_name(v: Any) -> Optional[str]:
+    return None if isinstance(v, str) and v else f"must be a non-empty name, got {v!r}"
+
+
 def _instruction(v: Any) -> Optional[str]:
     from .retrieval.caption_decoder import INSTRUCTIONS
 
@@ -127,16 +138,20 @@ SHARED_SCHEMA: dict[str, Any] = {
     "itg_weight": _float(0.0, 100.0),
     "loss_weights": _floats(3, 0.0, 100.0),
     "caption_weight": _float(0.0, 100.0),
+    "generator": {"model": _str_name, "lr": _float(1e-7, 1.0), "finetune": _choice(True, False),
+                  "cond_drop": _float(0.0, 1.0), "guidance_scale": _float(0.0, 100.0)},
+    "generation_weight": _float(0.0, 100.0),
 }
 PROFILE_SCHEMA: dict[str, Any] = {
     "steps": {"phase1": _int(1, 10_000_000), "captioner": _int(1, 10_000_000), "phase2": _int(1, 10_000_000),
-              "phase2_base": _int(0, 10_000_000)},
+              "generator": _int(1, 10_000_000), "phase2_base": _int(0, 10_000_000)},
     "train_images": _int(2, 1_000_000),
     "train_triplets_per_category": _int(1, 1_000_000),
     "cmr_images": _int(2, 1_000_000),
     "random_negatives": _int(1, 999),
     "composed_queries": _int(1, 1_000_000, nullable=True),
     "caption_eval_n": _int(1, 1_000_000),
+    "generation_eval_n": _int(1, 1_000_000),
 }
 SCHEMA = {**SHARED_SCHEMA, **PROFILE_SCHEMA}
 
@@ -232,6 +247,14 @@ def qformer_path(phase: str, base: bool = False) -> Path:
 
 def decoder_path() -> Path:
     return artifact_dir("captioner") / DECODER_FILE
+
+
+def generator_path() -> Path:
+    return artifact_dir("generator") / GENERATOR_FILE
+
+
+def train_tokens_path() -> Path:
+    return artifact_dir("generator") / TOKENS_FILE
 
 
 def caption_root() -> Path:
@@ -611,14 +634,39 @@ def build_decoder(R: Mapping[str, Any], vocab, qformer):
 
 
 def load_trained(phase: str, base: bool = False, device: str = "cpu"):
-    """A trained Q-Former (``phase1``/``phase2``, ``base`` for phase 2 without the decoder) or the
-    caption decoder (``captioner``), in eval mode; a missing checkpoint names its stage."""
+    """A trained Q-Former (``phase1``/``phase2``, ``base`` for phase 2 without the decoder), the
+    caption decoder (``captioner``) or the query generator (``generator``: adapter + generator),
+    in eval mode; a missing checkpoint names its stage."""
     from .retrieval import load_caption_decoder, load_qformer
+    from .retrieval.query_generation import load_query_generator
 
-    path = decoder_path() if phase == "captioner" else qformer_path(phase, base)
+    path = {"captioner": decoder_path, "generator": generator_path}.get(phase, lambda: qformer_path(phase, base))()
     if not path.is_file():
         raise AtelierInputError(f"{path}: missing; run the unifashion_{phase} stage first")
-    return load_caption_decoder(path, device) if phase == "captioner" else load_qformer(path, device)
+    if phase == "captioner":
+        return load_caption_decoder(path, device)
+    return load_query_generator(path, device) if phase == "generator" else load_qformer(path, device)
+
+
+def generation_backbone(P: Mapping[str, Any], R: Mapping[str, Any]):
+    """``(generator, tokenizer, decoder tokenizer)``: the trained text-to-image model
+    ``retrieval.generator.model`` (a ``generation.models`` entry) the generator phase starts from."""
+    from .generators import load_trained as load_generator_model
+
+    name = R["generator"]["model"]
+    if name not in P["generation"]["models"]:
+        raise AtelierInputError(f"params.yaml: retrieval.generator.model {name!r} is not in generation.models "
+                                f"(known: {', '.join(P['generation']['models'])})")
+    entry = P["generation"]["models"][name]
+    if entry["kind"] != "masked" or entry["text_mode"] != "cross_attention":
+        raise AtelierInputError(f"params.yaml: retrieval.generator.model {name!r} must be a masked model with "
+                                f"text_mode cross_attention (Muse), got {entry['kind']} / {entry['text_mode']}")
+    return load_generator_model(P, name)
+
+
+def decoder_of(P: Mapping[str, Any], R: Mapping[str, Any]):
+    """The tokenizer that turns the query generator's tokens into pixels (the backbone's ``decode_with``)."""
+    return generation_backbone(P, R)[2]
 
 
 def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -642,6 +690,7 @@ def _prov(P: Mapping[str, Any], phase: str, R: Mapping[str, Any], **extra: Any) 
 
     ckpts = {}
     for name, path in (("qformer_phase1", qformer_path("phase1")), ("decoder", decoder_path()),
+                       ("query_generator", generator_path()),
                        ("qformer_phase2", qformer_path("phase2")), ("qformer_phase2_base", qformer_path("phase2", True))):
         if path.is_file():
             ckpts[name] = {"path": str(path.relative_to(out_root())), "sha256": sha256_file(path)}
@@ -718,6 +767,71 @@ def run_captioner(P: Mapping[str, Any], progress: bool = True) -> dict:
     return metrics
 
 
+def run_generator(P: Mapping[str, Any], progress: bool = True) -> dict:
+    """The ``unifashion_generator`` stage: the generator adapter (Eq. 7) on the frozen phase-1
+    Q-Former, starting from the trained text-to-image model; caches the train images' tokens for
+    phase 2's Eq. 12. Metrics: held-out masked-token accuracy from each image's own queries, beside
+    the same model with the null condition (what the queries add)."""
+    from .generators import tokenize_images
+    from .io import save_checkpoint
+    from .provenance import write_metrics
+    from .retrieval.query_generation import QueryAdapter, QueryGenerator, train_query_generator
+    from .training import write_loss_curve
+
+    R = settings(P)
+    G = R["generator"]
+    ws = Workspace.load(P)
+    torch.manual_seed(ws.seed)
+    qformer = load_trained("phase1")
+    model, tok, _ = generation_backbone(P, R)
+    t0 = time.perf_counter()
+    tokens = tokenize_images(tok, ws.arrays["train"]["images"][ws.train_rows], progress=progress)
+    save_checkpoint(train_tokens_path(), {"tokens": tokens}, {"arch": {"name": "token_grids", "rows": "selection.json rows.train, in order",
+                                                                      "tokenizer": P["generation"]["models"][G["model"]]["tokenizer"]}})
+    t_tok = time.perf_counter() - t0
+    qgen = QueryGenerator(QueryAdapter(qformer.dim, model.config.text_dim), model)
+    steps = int(R["steps"]["generator"])
+    t0 = time.perf_counter()
+    history = train_query_generator(qformer, qgen, ws.feats["train"], tokens, generator_path(), steps=steps,
+                                    batch_size=R["batch_size"], lr=G["lr"], warmup=warmup_steps(R, steps),
+                                    finetune_generator=bool(G["finetune"]), cond_drop=G["cond_drop"],
+                                    label_smoothing=float(P["generation"]["label_smoothing"]), seed=ws.seed,
+                                    progress=progress)
+    seconds = time.perf_counter() - t0
+    write_loss_curve(history, loss_path("generator"), every=max(1, len(history) // 300))
+    heldout = query_generation_heldout(qformer, qgen, tok, ws, n=min(500, int(R["cmr_images"])), seed=ws.seed)
+    metrics = {"steps": steps, "seconds": round(seconds, 1), "tokenize_seconds": round(t_tok, 1),
+               "train_images": int(len(tokens)), "backbone": G["model"], "finetune_generator": bool(G["finetune"]),
+               "parameters": {"adapter": int(sum(p.numel() for p in qgen.adapter.parameters())),
+                              "generator": int(sum(p.numel() for p in qgen.generator.parameters()))},
+               "final": {k: _mean_last(history, k) for k in ("loss", "acc")}, "heldout": heldout}
+    write_metrics(metrics_path("generator"), metrics,
+                  _prov(P, "generator", R, objective="Eq. 7 with masked tokens: L_q2I, Q-Former frozen",
+                        backbone_checkpoint=str(Path("artifacts/generators") / G["model"])))
+    return metrics
+
+
+@torch.no_grad()
+def query_generation_heldout(qformer, qgen, tok, ws: Workspace, n: int, seed: int, rate: float = 0.5) -> dict:
+    """Masked-token accuracy (mask rate ``rate``) of the first ``n`` ``cmr_split`` images' tokens
+    generated from their own query outputs, and from the null condition (queries dropped)."""
+    from .generators import tokenize_images
+    from .generation import masked_token_accuracy
+
+    split = ws.selection["cmr_split"]
+    names = [str(x) for x in ws.arrays[split]["names"][:n]]
+    tokens = tokenize_images(tok, ws.arrays[split]["images"][:n])
+    q = qformer.query_outputs(ws.features_of(split, names).float())
+    cfg = qgen.config
+    mask = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(seed)) < rate
+    inputs = torch.where(mask, cfg.mask_id, tokens)
+    out = {"num_images": len(names), "split": split, "mask_rate": rate}
+    for name, drop in (("acc_from_queries", torch.zeros(len(names), dtype=torch.bool)),
+                       ("acc_null_condition", torch.ones(len(names), dtype=torch.bool))):
+        out[name] = float(masked_token_accuracy(qgen.generator(inputs, qgen.condition(q, drop)), tokens, mask))
+    return out
+
+
 def phase2_data(ws: Workspace, vocab) -> dict:
     """One text table for phase 2: the selected train images' captions (padded to the query texts'
     length) then the query texts, with caption rows, query rows and word ids of every row."""
@@ -738,7 +852,8 @@ def phase2_data(ws: Workspace, vocab) -> dict:
 
 def run_phase2(P: Mapping[str, Any], progress: bool = True) -> dict:
     """The ``unifashion_phase2`` stage: from the phase-1 weights, the Q-Former tuned on the train
-    triplets with Eq. 10 + ``itg_weight`` x Eq. 11 through the frozen caption decoder; with
+    triplets with Eq. 10 + ``itg_weight`` x Eq. 11 through the frozen caption decoder +
+    ``generation_weight`` x Eq. 12 through the frozen query generator (Eq. 13); with
     ``steps.phase2_base`` > 0 also Eq. 10 alone (Table 5's base). Metrics: the Table 4 protocol."""
     from .provenance import write_metrics
     from .retrieval.train import train_phase2_composed
@@ -748,6 +863,8 @@ def run_phase2(P: Mapping[str, Any], progress: bool = True) -> dict:
     R = settings(P)
     ws = Workspace.load(P)
     decoder = load_trained("captioner")
+    qgen = load_trained("generator")
+    target_tokens = _load_train_tokens(len(ws.feats["train"]))
     data = phase2_data(ws, decoder.vocab)
     cats = ws.composed_categories()
     common = dict(batch_size=R["batch_size"], lr=R["lr"]["phase2"], loss_weights=tuple(R["loss_weights"]),
@@ -755,9 +872,9 @@ def run_phase2(P: Mapping[str, Any], progress: bool = True) -> dict:
     args = (ws.feats["train"], data["reference"], data["target"], data["modification_ids"], data["caption_ids"],
             data["text_tokens"], data["text_mask"])
     metrics: dict[str, Any] = {"num_triplets": data["num_triplets"], "train_images": int(len(ws.feats["train"]))}
-    runs = [("full", False, int(R["steps"]["phase2"]), float(R["itg_weight"])),
-            ("base", True, int(R["steps"]["phase2_base"]), 0.0)]
-    for name, base, steps, itg in runs:
+    runs = [("full", False, int(R["steps"]["phase2"]), float(R["itg_weight"]), float(R["generation_weight"])),
+            ("base", True, int(R["steps"]["phase2_base"]), 0.0, 0.0)]
+    for name, base, steps, itg, gw in runs:
         if steps == 0:
             metrics[name] = {"skipped": True, "reason": f"profiles.{P['profile']}.retrieval.steps.phase2_base = 0"}
             atomic_write_json(loss_path("phase2", "base"), [])  # a declared DVC plot: present even when skipped
@@ -767,21 +884,38 @@ def run_phase2(P: Mapping[str, Any], progress: bool = True) -> dict:
         t0 = time.perf_counter()
         kw = dict(decoder=decoder, caption_tokens=data["caption_tokens"], itg_weight=itg,
                   instruction=R["instruction"]) if itg > 0 else {}
+        if gw > 0:
+            kw.update(query_generator=qgen, target_tokens=target_tokens, generation_weight=gw)
         history = train_phase2_composed(model, *args, qformer_path("phase2", base), steps=steps,
                                         warmup=warmup_steps(R, steps), **common, **kw)
         seconds = time.perf_counter() - t0
         write_loss_curve(history, loss_path("phase2", "base" if base else ""), every=max(1, len(history) // 300))
         res = composed(model, cats, R)
-        metrics[name] = {"steps": steps, "seconds": round(seconds, 1), "itg_weight": itg,
+        metrics[name] = {"steps": steps, "seconds": round(seconds, 1), "itg_weight": itg, "generation_weight": gw,
                          "final": {k: _mean_last(history, k) for k in ("loss", "itc_target", "itc_caption", "itm",
-                                                                        "itm_acc", "itg")},
+                                                                        "itm_acc", "itg", "q2i", "q2i_acc")},
                          "composed_summary": res["summary"]}
     write_metrics(metrics_path("phase2"), metrics,
-                  _prov(P, "phase2", R, objective="Eq. 10 (+ itg_weight x Eq. 11 through the frozen decoder)"))
+                  _prov(P, "phase2", R, objective="Eq. 13: Eq. 10 + itg_weight x Eq. 11 (frozen decoder) + "
+                                                  "generation_weight x Eq. 12 (frozen query generator)"))
     return metrics
 
 
-RUNNERS = {"features": run_features, "phase1": run_phase1, "captioner": run_captioner, "phase2": run_phase2}
+def _load_train_tokens(n: int) -> torch.Tensor:
+    from .io import load_checkpoint
+
+    path = train_tokens_path()
+    if not path.is_file():
+        raise AtelierInputError(f"{path}: missing; run the unifashion_generator stage first")
+    tokens = load_checkpoint(path)[0]["tokens"]
+    if len(tokens) != n:
+        raise AtelierInputError(f"{path}: {len(tokens)} token grids for {n} selected train images; rerun the "
+                                f"unifashion_generator stage")
+    return tokens
+
+
+RUNNERS = {"features": run_features, "phase1": run_phase1, "captioner": run_captioner, "generator": run_generator,
+           "phase2": run_phase2}
 
 
 def run(phase: str, profile: str, params_path: str | Path | None = None, progress: bool = True) -> dict:

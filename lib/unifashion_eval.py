@@ -8,7 +8,10 @@ Used by the stage metrics of :mod:`lib.unifashion` and by notebooks 06 (retrieva
   of gallery captions (:func:`gallery_captions`, :func:`with_caption_embeddings`);
 - captioning, Table 2 (:func:`caption_eval`; pycocoevalcap, Java-less runs report the metrics as
   unavailable) and whether captions name the right attributes (:func:`caption_attribute_accuracy`);
-- rows in the paper's columns (values x 100, as printed) and the query / caption figures.
+- composed image generation, Table 3 (:func:`composed_generation_inputs`, :func:`generate_from_queries`,
+  :func:`composed_generation_rows`): images generated from the composed query, judged against the
+  *target* (attribute accuracy, CLIP-score stand-in on the target's caption, FID/KID);
+- rows in the paper's columns (values x 100, as printed) and the query / caption / generation figures.
 """
 
 from __future__ import annotations
@@ -290,3 +293,95 @@ def caption_figure(images: np.ndarray, generated: Sequence[str], references: Seq
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Composed image generation (UniFashion Table 3 analogue)
+# ---------------------------------------------------------------------------------------------
+def composed_generation_inputs(ws, n: int) -> dict:
+    """The first ``n`` composed queries of ``composed_split``, taken round-robin over the categories
+    so every category is represented: reference features, modification text features, and the
+    target's row in the split arrays (its attributes and first caption are what the images are
+    judged against)."""
+    cats = ws.composed_categories()
+    split = ws.selection["composed_split"]
+    where = {str(name): i for i, name in enumerate(ws.arrays[split]["names"])}
+    order = []
+    longest = max(len(d["target_ids"]) for d in cats.values())
+    for j in range(longest):
+        for cat, d in cats.items():
+            if j < len(d["target_ids"]) and len(order) < n:
+                order.append((cat, j))
+    pick = lambda key: [cats[c][key][j] for c, j in order]  # noqa: E731
+    stack = lambda key: torch.stack([cats[c][key][j] for c, j in order])  # noqa: E731
+    return {"categories": [c for c, _ in order], "texts": pick("texts"), "reference_ids": pick("reference_ids"),
+            "target_ids": pick("target_ids"), "reference_feats": stack("reference_feats"),
+            "text_tokens": stack("text_tokens"), "text_mask": stack("text_mask"),
+            "target_rows": np.array([where[t] for t in pick("target_ids")]),
+            "reference_rows": np.array([where[t] for t in pick("reference_ids")]), "split": split}
+
+
+@torch.no_grad()
+def composed_queries(qformer, inputs: Mapping[str, Any], source: str = "composed") -> torch.Tensor:
+    """Query outputs ``[n, Q, d]`` that drive the generator: ``composed`` -- ``q_R`` of the reference
+    image and modification text (bidirectional mask, Eq. 9); ``reference`` -- the reference image's
+    own queries (the text ignored: the "no modification" baseline)."""
+    feats = inputs["reference_feats"].float()
+    if source == "composed":
+        return qformer.composed_outputs(feats, inputs["text_tokens"].float(), inputs["text_mask"])[0]
+    if source == "reference":
+        return qformer.query_outputs(feats)
+    raise ValueError(f"source must be 'composed' or 'reference', got {source!r}")
+
+
+def generate_from_queries(qgen, dec, q: torch.Tensor, settings: Mapping[str, Any], guidance_scale: float,
+                          seed: int = 0, sampler: str = "maskgit", progress: bool = False) -> dict:
+    """Images from query outputs through the adapter and generator: MaskGIT (or SMART) decoding with
+    Muse's linearly increasing classifier-free guidance (the unconditional branch drops the queries)."""
+    from .sampling import LinearGuidanceSchedule
+    from .synthesis import generate, make_scheduler
+
+    steps = make_scheduler(sampler, settings).num_steps
+    guidance = LinearGuidanceSchedule(guidance_scale, steps) if guidance_scale > 0 else 0.0
+    return generate(qgen.generator, dec, qgen.condition(q), len(q), sampler, settings, guidance=guidance, seed=seed,
+                    progress=progress)
+
+
+def composed_generation_rows(panel, ws, inputs: Mapping[str, Any], images: Mapping[str, torch.Tensor],
+                             fid: bool = True) -> list[dict]:
+    """One row per image set (name -> float images ``[n,3,H,W]`` in [-1, 1], aligned with ``inputs``):
+    attribute accuracy against the *target's* category / colour / pattern, CLIP-score stand-in
+    against the target's first caption, classifier score, FID / KID against the real test images."""
+    from .scoring import attribute_targets, pooled_text
+
+    split = inputs["split"]
+    arrays = ws.arrays[split]
+    targets = attribute_targets(arrays, inputs["target_rows"])
+    captions = [ws.captions[split][int(r)][0] for r in inputs["target_rows"]]
+    text = pooled_text(captions)
+    rows = []
+    for name, imgs in images.items():
+        sc = panel.score(imgs, test_images_u8=arrays["images"], targets=targets, pooled_text=text, fid=fid)
+        rows.append({"method": name, **{k: v for k, v in sc.items() if k != "fid_provenance"},
+                     "fid_provenance": sc.get("fid_provenance")})
+    return rows
+
+
+def composed_generation_figure(ws, inputs: Mapping[str, Any], images: Mapping[str, torch.Tensor],
+                               picks: Sequence[int], title: str):
+    """One row per query: reference, target, then each generated set's image; the modification text
+    labels the row."""
+    import textwrap
+
+    from .figures import labelled_image_rows
+    from .scoring import to_uint8
+
+    split = inputs["split"]
+    rows = []
+    for i in picks:
+        ref = framed(ws.images_of(split, [inputs["reference_ids"][i]]), [True], colour=(150, 150, 150))
+        tgt = framed(ws.images_of(split, [inputs["target_ids"][i]]), [True])
+        gen = [to_uint8(imgs[i:i + 1]).permute(0, 2, 3, 1).numpy() for imgs in images.values()]
+        label = "\n".join(textwrap.wrap(f"'{inputs['texts'][i]}'", 34))
+        rows.append((label, np.concatenate([ref, tgt, *gen])))
+    return labelled_image_rows(rows, title=title, scale=0.75)

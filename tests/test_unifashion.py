@@ -29,10 +29,12 @@ TINY = {
     "decoder": {"dim": 32, "num_layers": 1, "heads": 2, "num_prefix": 1, "max_len": 12},
     "instruction": "fashiongen", "batch_size": 8, "lr": {"phase1": 0.001, "captioner": 0.003, "phase2": 0.001},
     "warmup_fraction": 0.1, "itg_weight": 1.0, "loss_weights": [1.0, 1.0, 1.0], "caption_weight": 1.0,
+    "generator": {"model": "muse", "lr": 0.001, "finetune": True, "cond_drop": 0.1, "guidance_scale": 2.0},
+    "generation_weight": 1.0,
 }
-TINY_PROFILE = {"steps": {"phase1": 3, "captioner": 3, "phase2": 2, "phase2_base": 2}, "train_images": 120,
-                "train_triplets_per_category": 10, "cmr_images": 100, "random_negatives": 2,
-                "composed_queries": None, "caption_eval_n": 20}
+TINY_PROFILE = {"steps": {"phase1": 3, "captioner": 3, "generator": 3, "phase2": 2, "phase2_base": 2},
+                "train_images": 120, "train_triplets_per_category": 10, "cmr_images": 100, "random_negatives": 2,
+                "composed_queries": None, "caption_eval_n": 20, "generation_eval_n": 9}
 
 
 def _params_file(tmp_path, shared=None, per_profile=None):
@@ -135,6 +137,36 @@ class TinyExtractor(torch.nn.Module):
         return self.conv(x).flatten(2).transpose(1, 2)
 
 
+class PatchTokenizer(torch.nn.Module):
+    """A stand-in tokenizer: the mean grey level of each 8x8 patch of a 32x32 image, in 8 bins -> 4x4x1 tokens."""
+
+    token_shape, vocab_size = (4, 4, 1), 8
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @torch.no_grad()
+    def tokenize(self, x):
+        grey = F.avg_pool2d(x.mean(1, keepdim=True), 8)  # [b, 1, 4, 4] in [-1, 1]
+        return ((grey + 1) / 2 * 8).long().clamp(0, 7).permute(0, 2, 3, 1)
+
+    @torch.no_grad()
+    def decode_indices(self, idx):
+        grey = (idx.permute(0, 3, 1, 2).float() + 0.5) / 8 * 2 - 1
+        return F.interpolate(grey, scale_factor=8).repeat(1, 3, 1, 1)
+
+
+def tiny_backbone(P, R):
+    from lib.generation import MaskedTokenTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = MaskedTokenTransformer(TransformerConfig(grid_h=4, grid_w=4, channels=1, codebook_size=8, dim=32, depth=1,
+                                                     heads=2, text_mode="cross_attention", max_text_len=12))
+    tok = PatchTokenizer()
+    return model, tok, tok
+
+
 class HashEncoder:
     """Deterministic text "encoder": a fixed random 384-vector per word, a constant first ([CLS]) token."""
 
@@ -169,6 +201,7 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     path = _params_file(tmp_path)
     monkeypatch.setattr(U, "feature_extractor", lambda R: TinyExtractor())
     monkeypatch.setattr(U, "modification_encoder", lambda R: HashEncoder(R["modification_max_length"]))
+    monkeypatch.setattr(U, "generation_backbone", tiny_backbone)
 
     def fake_text_table(progress=False):  # the text_features stage, with the hash encoder
         texts, ids = caption_index(generators.load_captions())
@@ -186,7 +219,10 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     sel = json.loads(U.selection_path().read_text())
     assert feats["images"]["train"] == 120 and feats["feature_shape"] == [16, 6]
     assert len(sel["names"]["test"]) == len(sel["rows"]["test"]) >= 100
-    for phase in ("phase1", "captioner", "phase2"):
+    with pytest.raises(AtelierInputError, match="run the unifashion_generator stage first"):
+        for phase in ("phase1", "captioner", "phase2"):
+            U.run(phase, "smoke", path, progress=False)
+    for phase in ("generator", "phase2"):
         U.run(phase, "smoke", path, progress=False)
     for phase in U.PHASES:
         doc = json.loads(U.metrics_path(phase).read_text())
@@ -199,6 +235,11 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     p2 = json.loads(U.metrics_path("phase2").read_text())["metrics"]
     assert p2["full"]["itg_weight"] == 1.0 and p2["full"]["final"]["itg"] is not None
     assert p2["base"]["itg_weight"] == 0.0 and p2["base"]["final"]["itg"] is None
+    assert p2["full"]["generation_weight"] == 1.0 and p2["full"]["final"]["q2i"] is not None
+    assert p2["base"]["final"]["q2i"] is None
+    qg = json.loads(U.metrics_path("generator").read_text())["metrics"]
+    assert qg["steps"] == 3 and qg["train_images"] == 120 and qg["finetune_generator"] is True
+    assert set(qg["heldout"]) >= {"acc_from_queries", "acc_null_condition"}
     assert set(p2["full"]["composed_summary"]) == {"full", "image only", "text only"}
     assert U.loss_path("phase2", "base").is_file()
 
@@ -234,6 +275,23 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     fig = E.composed_figure(ws, [top], "test", title="t")
     fig2 = E.text_to_image_figure(cmr, E.text_to_image_topk(q2, cmr, [0, 3], k=2), title="t")
     assert len(fig.axes) == 1 and len(fig2.axes) == 2
+
+    # composed image generation: queries round-robin over categories, images from q_R through the generator
+    total = sum(len(d["target_ids"]) for d in cats.values())
+    assert len(E.composed_generation_inputs(ws, total + 5)["texts"]) == total  # never more than there are
+    inputs = E.composed_generation_inputs(ws, 6)
+    assert inputs["categories"][:3] == list(cats) and len(inputs["texts"]) == 6
+    assert inputs["target_ids"][0] == cats["dress"]["target_ids"][0]
+    assert ws.arrays["test"]["names"][inputs["target_rows"][0]] == inputs["target_ids"][0]
+    qgen = U.load_trained("generator")
+    q_comp, q_ref = E.composed_queries(q2, inputs, "composed"), E.composed_queries(q2, inputs, "reference")
+    assert q_comp.shape == q_ref.shape == (6, 4, 32) and not torch.allclose(q_comp, q_ref)
+    out = E.generate_from_queries(qgen, tok := PatchTokenizer(), q_comp, {"maskgit_steps": 4}, 2.0, seed=0)
+    assert out["images"].shape == (6, 3, 32, 32) and out["tokens"].shape == (6, 16, 1)
+    again = E.generate_from_queries(qgen, tok, q_comp, {"maskgit_steps": 4}, 2.0, seed=0)
+    assert torch.equal(out["tokens"], again["tokens"])  # seeded
+    fig3 = E.composed_generation_figure(ws, inputs, {"composed": out["images"]}, [0, 1], title="t")
+    assert len(fig3.axes) == 2
 
 
 # ------------------------------------------------------------------------------------------------

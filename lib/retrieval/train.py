@@ -8,8 +8,8 @@
 - Phase 2, :func:`train_phase2_composed`: the Q-Former tuned on (reference, modification text,
   target) triplets with L_cir (Eq. 10); "we freeze the parameters of LLM and diffusion model, only
   fine-tune the multimodal encoder". With a ``decoder`` the frozen captioner adds Eq. 11's L_ITG on
-  the composed query outputs ``q_R`` (the target's caption), as in L_stage2 (Eq. 13, minus the
-  diffusion term, which this issue does not cover).
+  the composed query outputs ``q_R`` (the target's caption), and with a ``query_generator`` (frozen;
+  :mod:`.query_generation`) Eq. 12's target-image term, so the loss is L_stage2 (Eq. 13).
 
 Inputs are in-memory arrays, never file paths: frozen image features ``[N, S, C_f]`` (see
 :mod:`lib.retrieval.features`), and a table of distinct texts' frozen MiniLM token features
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..io import AtelierInputError
-from ..training import ResumableTrainer, batch_indices
+from ..training import ResumableTrainer, batch_indices, step_seed
 from .caption_decoder import CaptionDecoder
 from .losses import (cir_target_caption_itc, cir_target_image_itc, cir_text_target_itm, image_text_contrastive,
                      itm_loss)
@@ -186,7 +186,9 @@ def train_phase2_composed(model: QFormer, image_feats: torch.Tensor, reference_i
                           weight_decay: float = 0.05, warmup: int = 50,
                           loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                           decoder: Optional[CaptionDecoder] = None, caption_tokens: Any = None,
-                          itg_weight: float = 1.0, instruction: Optional[str] = None, seed: int = 0,
+                          itg_weight: float = 1.0, instruction: Optional[str] = None,
+                          query_generator: Any = None, target_tokens: Optional[torch.Tensor] = None,
+                          generation_weight: float = 1.0, seed: int = 0,
                           ckpt_every: Optional[int] = None, progress: bool = True) -> list[dict]:
     """Phase 2, composed image retrieval (Sec. 3.2.1): the Q-Former tuned with
     ``L_cir = L_ITC(e_cls, Z_T) + L_ITC(e_cls, Z_C) + L_ITM(t, Z_T)`` (Eq. 10), weighted by
@@ -198,7 +200,10 @@ def train_phase2_composed(model: QFormer, image_feats: torch.Tensor, reference_i
     caption ``Z_C`` is drawn from them (pass generated captions here to train as the paper
     evaluates). Duplicate targets in a batch are positives; for the caption term so are identical
     captions. With ``decoder`` (frozen) and ``caption_tokens [U, T]`` (word ids of the text rows),
-    ``itg_weight`` x Eq. 11's L_ITG on ``q_R`` is added.
+    ``itg_weight`` x Eq. 11's L_ITG on ``q_R`` is added. With ``query_generator`` (frozen; a
+    :class:`~lib.retrieval.query_generation.QueryGenerator`) and ``target_tokens [N, positions, C]``
+    (the token grid of every image row), ``generation_weight`` x Eq. 12's L_q2I -- the masked-token
+    loss of the target's tokens generated from ``q_R`` -- is added.
     """
     _check_feats(image_feats)
     _check_text_table(text_tokens, text_mask)
@@ -229,6 +234,17 @@ def train_phase2_composed(model: QFormer, image_feats: torch.Tensor, reference_i
         decoder.eval()
         dec_flags = [p.requires_grad for p in decoder.parameters()]
         decoder.requires_grad_(False)
+    use_gen = query_generator is not None and generation_weight > 0
+    if use_gen:
+        if target_tokens is None:
+            raise AtelierInputError("query_generator given without target_tokens (a token grid per image row) for L_q2I")
+        cfg = query_generator.config
+        if target_tokens.dtype != torch.long or tuple(target_tokens.shape) != (n, cfg.num_positions, cfg.channels):
+            raise AtelierInputError(f"target_tokens must be long [{n}, {cfg.num_positions}, {cfg.channels}], got "
+                                    f"{target_tokens.dtype} {list(target_tokens.shape)}")
+        query_generator.eval()
+        gen_flags = [p.requires_grad for p in query_generator.parameters()]
+        query_generator.requires_grad_(False)
     device = _device(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     w_img, w_cap, w_itm = loss_weights
@@ -258,6 +274,11 @@ def train_phase2_composed(model: QFormer, image_feats: torch.Tensor, reference_i
             l_itg = decoder.loss(q_r, caption_tokens[cap].to(device), instruction)
             loss = loss + itg_weight * l_itg
             logs["itg"] = l_itg.item()
+        if use_gen:
+            g = torch.Generator().manual_seed(step_seed(seed + 104729, step))
+            l_q2i, acc = query_generator.loss(q_r, target_tokens[tgt].to(device), g)
+            loss = loss + generation_weight * l_q2i
+            logs.update(q2i=l_q2i.item(), q2i_acc=float(acc))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -270,6 +291,9 @@ def train_phase2_composed(model: QFormer, image_feats: torch.Tensor, reference_i
     finally:
         if use_itg:
             for p, flag in zip(decoder.parameters(), dec_flags):
+                p.requires_grad_(flag)
+        if use_gen:
+            for p, flag in zip(query_generator.parameters(), gen_flags):
                 p.requires_grad_(flag)
     model.eval()
     return history
