@@ -221,3 +221,38 @@ def test_bad_arguments_are_refused():
         B.run("huge", progress=False)
     with pytest.raises(SystemExit):
         B.main(["--profile", "smoke", "--grids", "8,x"])
+
+
+# ------------------------------------------------------------------------------------------------
+# the README's speed block is rendered from the JSON, never typed
+# ------------------------------------------------------------------------------------------------
+_RS = importlib.util.spec_from_file_location("readme_speed", repo_root() / "reproduce" / "readme_speed.py")
+RS = importlib.util.module_from_spec(_RS)
+_RS.loader.exec_module(RS)
+
+
+def test_readme_speed_block_renders_every_measured_method_from_the_json(smoke):
+    block = RS.render(smoke, "ab" * 32)
+    assert "sha256 `abababababababab`" in block and "profile `smoke`" in block
+    row = smoke["grids"]["8x8"]["samplers"]["batch_4"]
+    ms = row["methods"]["maskgit_12"]["seconds_per_image"]["median"] * 1e3
+    ratio = row["speedup_vs_ar_recompute"]["maskgit_12"]
+    assert f"| MaskGIT, 12 steps | " in block and f"{ms:.1f} ({ratio:.1f}x)" in block
+    assert "super-res" not in block  # not measured in the smoke profile: no row
+    text = "intro\n" + RS.BEGIN + "\nold\n" + RS.END + "\noutro\n"
+    new = RS.replace_block(text, block)
+    assert new.startswith("intro\n") and new.endswith("\noutro\n") and RS.current_block(new) == block
+    with pytest.raises(ValueError, match="one <!-- speed:begin -->"):
+        RS.replace_block("no markers here", block)
+
+
+def test_readme_speed_block_matches_the_committed_benchmark_json():
+    readme = (repo_root() / "README.md").read_text()
+    block = RS.current_block(readme)
+    path = repo_root() / RS.JSON_PATH
+    if not path.is_file():
+        pytest.skip(f"{path}: not present (dvc repro bench_generation writes it)")
+    doc, sha = RS.load(path)
+    if f"sha256 `{sha[:16]}`" not in block:
+        pytest.skip("the benchmark JSON was re-measured since the README was rendered: run reproduce/readme_speed.py")
+    assert block == RS.render(doc, sha), "README speed block differs from its JSON: run reproduce/readme_speed.py"

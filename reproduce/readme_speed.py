@@ -1,0 +1,111 @@
+"""Write the README's speed summary from the benchmark JSON (``results/bench/generation.json``).
+
+    .venv/bin/python reproduce/readme_speed.py            # rewrite the block in README.md
+    .venv/bin/python reproduce/readme_speed.py --check    # exit 1 if README.md is out of date
+
+The block between ``<!-- speed:begin -->`` and ``<!-- speed:end -->`` is generated, never typed: it
+names the JSON's sha256, and ``tests/test_readme_speed.py`` re-renders it from that JSON whenever
+the file in the tree has that hash. After ``dvc repro bench_generation`` on another machine the hash
+differs; run this script to refresh the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
+JSON_PATH = Path("results/bench/generation.json")
+METHODS = [("ar_recompute", "AR, prefix recomputed (Taming's sampler)"), ("ar_kv_cache", "AR, KV cache"),
+           ("maskgit_8", "MaskGIT, 8 steps"), ("maskgit_12", "MaskGIT, 12 steps"), ("smart_T10", "SMART, T=10"),
+           ("muse_cfg_batched", "Muse CFG, 12 steps (batched)"), ("super_res", "super-res stage, 8 steps")]
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def render(doc: dict[str, Any], sha256: str) -> str:
+    """The Markdown block (without the markers) for one benchmark JSON."""
+    prov = doc.get("provenance", {})
+    info = doc.get("device_info", {})
+    where = info.get("device") or doc.get("device")
+    lines = [f"Speed, from [`{JSON_PATH}`]({JSON_PATH}) (sha256 `{sha256[:16]}`; profile `{doc['profile']}`, "
+             f"{doc['device']} ({where}), {doc['threads']} threads, {doc['dtype']}, git `{str(prov.get('git_revision'))[:8]}`; "
+             f"median of {doc['timing']['min_repeats']}-{doc['timing']['max_repeats']} runs). Milliseconds per image and, "
+             "in brackets, how many times faster than the recomputing AR baseline in the same run:", ""]
+    grids = list(doc["grids"])
+    batches = [f"batch_{b}" for b in doc["batches"]]
+    header = "| method | " + " | ".join(f"{g} tokens, batch {b.split('_')[1]}" for g in grids for b in batches) + " |"
+    lines += [header, "|---|" + "---:|" * (len(grids) * len(batches))]
+    for key, label in METHODS:
+        cells = []
+        for g in grids:
+            for b in batches:
+                row = doc["grids"][g]["samplers"].get(b, {})
+                m = row.get("methods", {}).get(key)
+                cells.append("—" if m is None else
+                             f"{_ms(m['seconds_per_image']['median'])} ({row['speedup_vs_ar_recompute'][key]:.1f}x)")
+        if any(c != "—" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, t in doc.get("targets", {}).items():
+        if "value" not in t:
+            lines.append(f"- target `{name}`: {t.get('skipped', 'not measured')}")
+            continue
+        value = f"{t['value']:.3g}" + (" ms" if name.endswith("_ms") else "")
+        lines.append(f"- target: {t['target']} -> **{value}** ({'met' if t['met'] else 'not met'})")
+    lines += ["", "Model weights are random (decoding time does not depend on them); "
+              "`notebooks/08_speed.ipynb` has the full tables, the spread and the per-component breakdown."]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"README.md must contain one {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+
+
+def current_block(text: str) -> str:
+    return text.split(BEGIN)[1].split(END)[0].strip("\n")
+
+
+def load(path: Path) -> tuple[dict[str, Any], str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro bench_generation` first")
+    raw = path.read_bytes()
+    return json.loads(raw), hashlib.sha256(raw).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    parser.add_argument("--json", type=Path, default=ROOT / JSON_PATH)
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    try:
+        doc, sha = load(args.json)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = args.readme.read_text()
+    new = replace_block(text, render(doc, sha))
+    if args.check:
+        if new != text:
+            print(f"{args.readme}: speed block is out of date; run reproduce/readme_speed.py", file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(new)
+    print(f"updated {args.readme} from {args.json} ({sha[:16]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
