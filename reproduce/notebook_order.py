@@ -61,11 +61,15 @@ def pipeline_steps(profile: str, root: Path = ROOT) -> list[tuple[str, str]]:
             continue
         env = {**params, "profile": profile}
         if "foreach" in stage:
-            items = _lookup(params, stage["foreach"].strip("${} "))
+            path = stage["foreach"].strip("${} ")
+            items = _lookup(params, path)
+            # profiles.<p>.<section>.steps says which entries the profile trains (0 = a 'skipped' marker)
+            counts = params.get("profiles", {}).get(profile, {}).get(path.split(".")[0], {}).get("steps", {})
             for key, item in items.items():
                 cmd = _substitute(stage["do"]["cmd"], {**env, "key": key, "item": item})
                 nbs = NOTEBOOK.findall(cmd)
-                if nbs and nbs[0] not in seen_notebooks and "--config" in cmd:
+                trained = int(counts.get(key, 0)) > 0
+                if nbs and nbs[0] not in seen_notebooks and "--config" in cmd and trained:
                     seen_notebooks.add(nbs[0])
                     steps.append(("nbval", f"{nbs[0]} config={key}"))
                 else:

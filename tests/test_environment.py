@@ -39,3 +39,24 @@ def test_key_libraries_import_without_patching():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("2.13.0")
+
+
+def test_smoke_harness_runs_a_foreach_notebook_under_nbval_only_for_a_config_the_profile_trains():
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("notebook_order", repo_root() / "reproduce" / "notebook_order.py")
+    order = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(order)
+    params = yaml.safe_load((repo_root() / "params.yaml").read_text())
+    for profile in params["profiles"]:
+        steps = order.pipeline_steps(profile)
+        nbval = [what for kind, what in steps if kind == "nbval" and "config=" in what]
+        assert len(nbval) == 1, nbval  # one tokenizer config is executed as a notebook, the rest as commands
+        config = nbval[0].split("config=")[1]
+        assert params["profiles"][profile]["tokenizers"]["steps"][config] > 0, (profile, config)
+        # every other tokenizer still runs (as its stage command), trained or 'skipped'
+        names = set(params["tokenizers"]["configs"]) | set(params["tokenizers"]["finetunes"])
+        commands = {w.split("--config ")[1] for k, w in steps if k == "cmd" and "--config " in w}
+        assert commands | {config} == names
