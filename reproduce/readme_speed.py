@@ -36,7 +36,7 @@ def render(doc: dict[str, Any], sha256: str) -> str:
     info = doc.get("device_info", {})
     where = info.get("device") or doc.get("device")
     lines = [f"Speed, from [`{JSON_PATH}`]({JSON_PATH}) (sha256 `{sha256[:16]}`; profile `{doc['profile']}`, "
-             f"{doc['device']} ({where}), {doc['threads']} threads, {doc['dtype']}, git `{str(prov.get('git_revision'))[:8]}`; "
+             f"{where}, {doc['threads']} threads, {doc['dtype']}, git `{str(prov.get('git_revision'))[:8]}`; "
              f"median of {doc['timing']['min_repeats']}-{doc['timing']['max_repeats']} runs). Milliseconds per image and, "
              "in brackets, how many times faster than the recomputing AR baseline in the same run:", ""]
     grids = list(doc["grids"])
