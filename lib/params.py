@@ -238,6 +238,19 @@ def _check_retrieval(params: dict) -> list[str]:
     return []
 
 
+def _check_super_res(params: dict) -> list[str]:
+    """The ``super_res`` section's schema lives with its code (:func:`lib.super_res.settings`)."""
+    if "super_res" not in params:
+        return []
+    from .super_res import settings
+
+    try:
+        settings(params)
+    except AtelierInputError as err:
+        return [str(err)]
+    return []
+
+
 #: section -> key -> checker returning an error message or None.
 SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "data": {
@@ -303,7 +316,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     },
 }
 #: checks across keys of one or more sections, run when every key passed its own check.
-CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers, _check_generation, _check_retrieval)
+CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers, _check_generation, _check_retrieval,
+                                                         _check_super_res)
 TOP_LEVEL = {"profile", "seed", "profiles"}
 #: sections whose per-profile override may set only these keys (dvc.yaml tracks exactly these per
 #: profile; a profile overriding a shared key would change results without DVC noticing).
@@ -311,7 +325,8 @@ PROFILE_KEYS: dict[str, tuple[str, ...]] = {"tokenizers": ("steps", "rfid_n", "e
                                             "generation": ("steps", "eval_n", "sweep_n", "edit_n"),
                                             "retrieval": ("steps", "train_images", "train_triplets_per_category",
                                                           "cmr_images", "random_negatives", "composed_queries",
-                                                          "caption_eval_n", "generation_eval_n")}
+                                                          "caption_eval_n", "generation_eval_n"),
+                                            "super_res": ("tokenizer_steps", "steps", "train_images", "eval_n")}
 
 
 def read(path: str | Path | None = None) -> dict:

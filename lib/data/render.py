@@ -17,10 +17,11 @@ SIZE = 32
 _PAD = (SIZE - 28) // 2
 
 
-def pattern_masks(size: int = SIZE) -> np.ndarray:
-    """Boolean ``[P, size, size]``: where each pattern draws its secondary tint (plain draws none)."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    masks = np.zeros((len(PATTERNS), size, size), dtype=bool)
+def pattern_masks(size: int = SIZE, scale: int = 1) -> np.ndarray:
+    """Boolean ``[P, size * scale, size * scale]``: where each pattern draws its secondary tint (plain
+    draws none). ``scale`` > 1 draws the same pattern geometry at ``scale`` pixels per base pixel."""
+    yy, xx = np.mgrid[0:size * scale, 0:size * scale] // scale
+    masks = np.zeros((len(PATTERNS), size * scale, size * scale), dtype=bool)
     for p, (name, _, _) in enumerate(PATTERNS):
         if name == "striped":
             masks[p] = (yy % 4) < 2
@@ -33,22 +34,39 @@ def pattern_masks(size: int = SIZE) -> np.ndarray:
     return masks
 
 
-def colourise(grey: np.ndarray, colour: np.ndarray, pattern: np.ndarray) -> np.ndarray:
-    """Render ``[N, 28, 28]`` uint8 garments as ``[N, 32, 32, 3]`` uint8 RGB images.
+def _upsample_grey(grey: np.ndarray, scale: int) -> np.ndarray:
+    """``[N, 28, 28]`` float in [0, 1] -> ``[N, 28 * scale, 28 * scale]`` (bilinear, PIL)."""
+    from PIL import Image
+
+    side = 28 * scale
+    return np.stack([np.asarray(Image.fromarray(g, mode="F").resize((side, side), Image.BILINEAR))
+                     for g in grey]).clip(0.0, 1.0)
+
+
+def colourise(grey: np.ndarray, colour: np.ndarray, pattern: np.ndarray, scale: int = 1) -> np.ndarray:
+    """Render ``[N, 28, 28]`` uint8 garments as ``[N, 32 * scale, 32 * scale, 3]`` uint8 RGB images.
 
     ``colour`` and ``pattern`` are ``[N]`` indices into :data:`COLOURS` / :data:`PATTERNS`.
+    ``scale`` > 1 renders the same garment at a higher resolution (the grey silhouette upsampled
+    bilinearly, the pattern drawn crisply at the finer pixel grid): the high-resolution images of
+    the Muse super-resolution stage (Sec. 2.4), whose ``scale`` x ``scale`` average matches the
+    ``scale = 1`` render up to the silhouette's interpolation.
     """
     grey = np.asarray(grey)
     if grey.ndim != 3 or grey.shape[1:] != (28, 28):
         raise ValueError(f"grey images must be [N, 28, 28], got {grey.shape}")
-    n = grey.shape[0]
-    g = np.zeros((n, SIZE, SIZE), dtype=np.float32)
-    g[:, _PAD:_PAD + 28, _PAD:_PAD + 28] = grey.astype(np.float32) / 255.0
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = int(scale)
+    n, size, pad = grey.shape[0], SIZE * scale, _PAD * scale
+    g = np.zeros((n, size, size), dtype=np.float32)
+    g0 = grey.astype(np.float32) / 255.0
+    g[:, pad:pad + 28 * scale, pad:pad + 28 * scale] = g0 if scale == 1 else _upsample_grey(g0, scale)
     coverage = np.clip(g * 4.0, 0.0, 1.0)[..., None]           # faint edges blend into white
     base = np.array([rgb for _, rgb in COLOURS], dtype=np.float32)[colour] / 255.0   # [N,3]
     tint = base + 0.55 * (1.0 - base)                                                 # lighter tint
     tint = np.where(base.mean(1, keepdims=True) > 0.75, base * 0.5, tint)             # dark tint on light colours
-    on = pattern_masks()[pattern][..., None]                     # [N,32,32,1]
+    on = pattern_masks(SIZE, scale)[pattern][..., None]          # [N,S,S,1]
     fabric = np.where(on, tint[:, None, None, :], base[:, None, None, :])
     # The real grey texture shades the fabric (relative to the garment's brightest pixel); the 0.55
     # floor keeps folds visible without turning every colour into black.

@@ -1,0 +1,129 @@
+"""The Muse super-resolution stage (lib/super_res.py): high-res renders, configs, training, sampling."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lib import params as lib_params
+from lib import super_res as SR
+from lib.data import fashion_mnist
+from lib.data.render import colourise, pattern_masks
+from lib.generation import Condition, MaskedTokenTransformer, TextFeatureTable, train_masked
+from lib.io import AtelierInputError
+from lib.models.tokenizer import Tokenizer
+from lib.paths import repo_root
+
+FM_ROOT = repo_root() / "data" / "fashion-mnist"
+TINY_TOK = dict(image_size=16, ch=8, ch_mult=[1, 2], num_res_blocks=0, z_dim=8, quantizer="vq",
+                quantizer_kwargs={"codebook_size": 16}, decoder="vqgan")
+
+
+def test_highres_render_is_the_same_garment_at_twice_the_resolution():
+    x, _ = fashion_mnist.load(FM_ROOT, "test")
+    colour, pattern = np.arange(12) % 10, np.arange(12) % 4
+    low, high = colourise(x[:12], colour, pattern), colourise(x[:12], colour, pattern, scale=2)
+    assert high.shape == (12, 64, 64, 3) and high.dtype == np.uint8
+    pooled = high.reshape(12, 32, 2, 32, 2, 3).astype(float).mean((2, 4))
+    assert np.abs(pooled - low).mean() < 10                          # same garment, colour and pattern
+    assert np.abs(pooled - low[::-1]).mean() > 30                    # ... and not just any garment
+    # the pattern geometry is the base one at 2 pixels per base pixel (crisp, not interpolated)
+    np.testing.assert_array_equal(pattern_masks(32, 2)[:, ::2, ::2], pattern_masks(32))
+    with pytest.raises(ValueError, match="scale must be a positive integer"):
+        colourise(x[:2], colour[:2], pattern[:2], scale=0)
+
+
+def test_highres_images_follow_the_split_arrays_and_refuse_foreign_names():
+    x, _ = fashion_mnist.load(FM_ROOT, "test")
+    arrays = {"names": np.array([f"fmtest{i:05d}" for i in (5, 9, 2)]), "source_index": np.array([5, 9, 2]),
+              "colour": np.array([1, 2, 3]), "pattern": np.array([0, 1, 2])}
+    out = SR.highres_images(arrays, np.array([2, 0]), 2, FM_ROOT)
+    np.testing.assert_array_equal(out, colourise(x[[2, 5]], np.array([3, 1]), np.array([2, 0]), scale=2))
+    bad = dict(arrays, names=np.array(["img0", "img1", "img2"]))
+    with pytest.raises(AtelierInputError, match="do not name one Fashion-MNIST split"):
+        SR.highres_images(bad, np.array([0]), 2, FM_ROOT)
+
+
+def test_settings_are_checked_and_errors_name_the_key():
+    P = lib_params.load("smoke")
+    assert SR.settings(P)["scale"] == 2
+    for key, value, message in (("base", "ar", "not a masked generator"), ("scale", 1, "super_res.scale"),
+                                ("guidance_scale", -1, "super_res.guidance_scale")):
+        bad = copy.deepcopy(P)
+        bad["super_res"][key] = value
+        with pytest.raises(AtelierInputError, match=message):
+            SR.settings(bad)
+    bad = copy.deepcopy(P)
+    del bad["super_res"]["eval_n"]
+    with pytest.raises(AtelierInputError, match=r"missing \['eval_n'\]"):
+        SR.settings(bad)
+
+
+def test_highres_tokenizer_copies_the_low_res_weights_and_doubles_the_grid():
+    low = Tokenizer(TINY_TOK)
+    high = Tokenizer({**TINY_TOK, "image_size": 32})
+    missing, unexpected = high.load_state_dict(low.state_dict(), strict=False)
+    assert not missing and not unexpected
+    assert low.token_shape == (8, 8, 1) and high.token_shape == (16, 16, 1)
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert high.tokenize(img).shape == (2, 16, 16, 1)
+    P = lib_params.load("smoke")
+    cfg = SR.highres_tokenizer_config(P, "vq_gen", 2)
+    assert cfg["image_size"] == 2 * P["tokenizers"]["image_size"] and cfg["name"] == "vq_gen_x2"
+    model_cfg = SR.transformer_config(P, low, high)
+    assert (model_cfg.grid_h, model_cfg.grid_w) == (16, 16) and model_cfg.low_res == (8, 8, 1, 16)
+
+
+def _tiny_sr(K=8):
+    from lib.generation import TransformerConfig
+
+    cfg = TransformerConfig(grid_h=4, grid_w=4, channels=1, codebook_size=K, dim=32, depth=2, heads=2,
+                            text_mode="cross_attention", low_res=(2, 2, 1, K))
+    return MaskedTokenTransformer(cfg)
+
+
+def test_super_res_model_learns_to_use_the_low_res_tokens(tmp_path):
+    # high-res grid = nearest upsampling of the 2x2 low-res grid: learnable only from the low-res tokens
+    g = torch.Generator().manual_seed(0)
+    K = 8
+    low = torch.randint(0, K, (64, 2, 2), generator=g)
+    high = low.repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(64, 16, 1)
+    low = low.reshape(64, 4, 1)
+    table = TextFeatureTable(torch.randn(4, 5, 384), torch.ones(4, 5, dtype=torch.bool), ["a", "b", "c", "d"])
+    caption_ids = torch.randint(0, 4, (64, 1), generator=g)
+    torch.manual_seed(0)
+    model = _tiny_sr(K)
+    history = train_masked(model, high, tmp_path / "sr.safetensors", steps=150, batch_size=32, lr=3e-3,
+                           caption_ids=caption_ids, text_table=table, low_res_tokens=low, mode="muse",
+                           label_smoothing=0.0, warmup_steps=10, progress=False)
+    assert np.mean([h["acc"] for h in history[-20:]]) > 0.9
+    # sampling on the scheduler contract: every token decided, and the output follows the low-res tokens
+    from lib.synthesis import make_scheduler, sample_masked
+
+    cond = table.condition(caption_ids[:16, 0])
+    cond.low_res_tokens = low[:16]
+    out = sample_masked(model.eval(), cond, 16, lambda: make_scheduler("maskgit", {}, maskgit_steps=4), seed=0)
+    assert out["tokens"].shape == (16, 16, 1) and (out["tokens"] < K).all()
+    assert (out["tokens"] == high[:16]).float().mean() > 0.9
+    # classifier-free guidance drops the text but keeps the low-res tokens
+    assert torch.equal(cond.unconditional().low_res_tokens, cond.low_res_tokens)
+    shuffled = Condition(low_res_tokens=low[16:32])
+    other = sample_masked(model, shuffled, 16, lambda: make_scheduler("maskgit", {}, maskgit_steps=4), seed=0)
+    assert (other["tokens"] == high[16:32]).float().mean() > 0.9
+
+
+def test_stage_skips_cleanly_and_resamples_shapes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATELIER_OUT", str(tmp_path))
+    P = lib_params.load("smoke")
+    SR._write_skipped("smoke", 0, "test")
+    assert (tmp_path / "artifacts" / "super_res" / "skipped.json").is_file()
+    assert SR.metrics_path().is_file()
+    with pytest.raises(AtelierInputError, match="run the super-resolution stage first"):
+        SR.load_trained(P)
+    img = torch.linspace(-1, 1, 8).view(1, 1, 1, 8).expand(2, 3, 8, 8).contiguous()   # a smooth image
+    up = SR.upsample(img, 2)
+    assert up.shape == (2, 3, 16, 16) and up.abs().max() <= 1
+    assert (SR.downsample(up, 2) - img).abs().mean() < 0.05
