@@ -56,11 +56,11 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     S = params.get("super_res")
     if not isinstance(S, Mapping):
         raise AtelierInputError("params.yaml: section 'super_res' missing (Muse super-resolution stage)")
-    missing = sorted((KEYS | set(PROFILE_KEYS)) - set(S))
-    unknown = sorted(set(S) - KEYS - set(PROFILE_KEYS))
-    if missing or unknown:
-        raise AtelierInputError(f"params.yaml: super_res: missing {missing} / unknown {unknown} "
-                                f"(keys: {sorted(KEYS)}; per profile: {list(PROFILE_KEYS)})")
+    known = sorted(KEYS | set(PROFILE_KEYS))
+    problems = [f"super_res.{k}: missing" for k in known if k not in S]
+    problems += [f"super_res.{k}: unknown parameter (known: {', '.join(known)})" for k in S if k not in known]
+    if problems:
+        raise AtelierInputError("params.yaml: " + "; ".join(problems))
     models = params["generation"]["models"]
     if S["base"] not in models or models[S["base"]]["kind"] != "masked":
         raise AtelierInputError(f"params.yaml: super_res.base: {S['base']!r} is not a masked generator of "

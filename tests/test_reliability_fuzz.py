@@ -125,7 +125,7 @@ STRICT_MAPPINGS = (
     + [("tokenizers", "finetunes", n) for n in RAW["tokenizers"]["finetunes"]]
     + [("profiles", p, s) for p in PROFILES for s in RAW["profiles"][p] if s in params.SCHEMA]
     + [("profiles", p, s, "steps") for p in PROFILES for s in RAW["profiles"][p]
-       if isinstance(RAW["profiles"][p][s], dict) and "steps" in RAW["profiles"][p][s]]
+       if isinstance(RAW["profiles"][p][s], dict) and isinstance(RAW["profiles"][p][s].get("steps"), dict)]
     + ([("generation", "models", n) for n in RAW["generation"]["models"]] if "generation" in RAW else [])
 )
 

@@ -58,7 +58,11 @@ def test_settings_are_checked_and_errors_name_the_key():
             SR.settings(bad)
     bad = copy.deepcopy(P)
     del bad["super_res"]["eval_n"]
-    with pytest.raises(AtelierInputError, match=r"missing \['eval_n'\]"):
+    with pytest.raises(AtelierInputError, match=r"super_res.eval_n: missing"):
+        SR.settings(bad)
+    bad = copy.deepcopy(P)
+    bad["super_res"]["stepz"] = 3
+    with pytest.raises(AtelierInputError, match=r"super_res.stepz: unknown parameter"):
         SR.settings(bad)
 
 
