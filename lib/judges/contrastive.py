@@ -75,7 +75,7 @@ def train_judge(train: dict, caption_ids: np.ndarray, text_table: torch.Tensor, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": loss.item(), "temperature": float(1 / model.logit_scale.exp())}
+        return {"loss": loss.item(), "temperature": float(1 / model.logit_scale.detach().exp())}
 
     trainer = ResumableTrainer(model, opt, ckpt_path, model.arch, seed, steps, ckpt_every=max(50, steps // 10),
                                desc="contrastive judge")
