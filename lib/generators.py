@@ -321,6 +321,21 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
     return 0
 
 
+def run_skipped(profile: str, names: list[str]) -> int:
+    """:func:`write_skipped` for several names at once; a name the profile trains is an error."""
+    from . import params as lib_params
+
+    P = lib_params.load(profile)
+    trained = [n for n in names if is_active(P["generation"], n)]
+    if trained:
+        raise AtelierInputError(f"generators {trained} are trained in profile {profile!r}: run "
+                                "`python -m lib.generators train` for them, not `skip`")
+    for name in names:
+        for path in write_skipped(profile, name, P["seed"]):
+            print(f"[generator {name}] skipped in profile {profile}: wrote {path}")
+    return 0
+
+
 def run_text_features(profile: str) -> int:
     """The ``text_features`` stage: caption and class-name token features, cached once."""
     from . import params as lib_params
@@ -343,10 +358,16 @@ def _main(argv: list[str] | None = None) -> int:
     tr.add_argument("--name", required=True)
     tf = sub.add_parser("text-features", help="cache token-level MiniLM features of every caption")
     tf.add_argument("--profile", required=True)
+    sk = sub.add_parser("skip", help="write the 'skipped' outputs of several names the profile does not train, "
+                                     "in one process (what `train` does for each; used by reproduce/test)")
+    sk.add_argument("--profile", required=True)
+    sk.add_argument("--name", required=True, nargs="+")
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             return run_train(args.profile, args.name)
+        if args.command == "skip":
+            return run_skipped(args.profile, args.name)
         return run_text_features(args.profile)
     except AtelierInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -321,6 +321,21 @@ def run_stage(notebook: str, profile: str, name: str) -> int:
     return subprocess.call(cmd)
 
 
+def run_skipped(profile: str, names: list[str]) -> int:
+    """:func:`write_skipped` for several names at once; a name the profile trains is an error."""
+    from . import params as lib_params
+
+    params = lib_params.load(profile)
+    trained = [n for n in names if is_active(params["tokenizers"], n)]
+    if trained:
+        raise AtelierInputError(f"tokenizers {trained} are trained in profile {profile!r}: run "
+                                "`python -m lib.tokenizers stage` for them, not `skip`")
+    for name in names:
+        for path in write_skipped(profile, name, params["seed"]):
+            print(f"[tokenizer {name}] skipped in profile {profile}: wrote {path}")
+    return 0
+
+
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -330,11 +345,17 @@ def _main(argv: list[str] | None = None) -> int:
     stage.add_argument("notebook")
     stage.add_argument("--profile", required=True)
     stage.add_argument("--config", required=True)
+    skip = sub.add_parser("skip", help="write the 'skipped' outputs of several names the profile does not train, "
+                                       "in one process (what `stage` does for each; used by reproduce/test)")
+    skip.add_argument("--profile", required=True)
+    skip.add_argument("--config", required=True, nargs="+")
     sub.add_parser("list", help="print every tokenizer name with its steps in each profile")
     args = parser.parse_args(argv)
     try:
         if args.command == "stage":
             return run_stage(args.notebook, args.profile, args.config)
+        if args.command == "skip":
+            return run_skipped(args.profile, args.config)
         from . import params as lib_params
 
         loaded = {p: lib_params.load(p)["tokenizers"] for p in lib_params.PROFILES}

@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE=1
 export PYTHONUNBUFFERED=1
 export MPLBACKEND=Agg
 
-say() { printf '\033[1m[atelier]\033[0m %s\n' "$*"; }
+say() { printf '\033[1m[atelier]\033[0m (%dm%02ds) %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 find_python() {
   for candidate in python3.11 python3.12 python3; do

@@ -11,7 +11,8 @@ stages appear in dvc.yaml; notebooks no stage names come last).
   first the profile trains, a Python entry point), run as is.
 
 ``foreach`` stages are expanded over their items from params.yaml; entries the profile gives 0
-steps are still run (they write their 'skipped' outputs in a second, as under ``dvc repro``).
+steps still get their 'skipped' outputs, as under ``dvc repro``, but written by one ``skip`` command
+per stage (the same function, one process instead of one per name).
 Benchmark stages (``bench_*``) are left out: the tests run the benchmarks themselves.
 """
 
@@ -25,6 +26,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = re.compile(r"notebooks/[\w.-]+\.ipynb")
+#: a foreach stage command whose module has a ``skip`` subcommand for names the profile does not train
+SKIPPABLE = re.compile(r"python -m (lib\.tokenizers|lib\.generators) (?:stage|train) .*--(config|name) (\S+)")
 
 
 def ordered_notebooks(root: Path = ROOT) -> list[str]:
@@ -65,15 +68,23 @@ def pipeline_steps(profile: str, root: Path = ROOT) -> list[tuple[str, str]]:
             items = _lookup(params, path)
             # profiles.<p>.<section>.steps says which entries the profile trains (0 = a 'skipped' marker)
             counts = params.get("profiles", {}).get(profile, {}).get(path.split(".")[0], {}).get("steps", {})
+            skipped: dict[tuple[str, str], list[str]] = {}
             for key, item in items.items():
                 cmd = _substitute(stage["do"]["cmd"], {**env, "key": key, "item": item})
                 nbs = NOTEBOOK.findall(cmd)
                 trained = int(counts.get(key, 0)) > 0
+                group = SKIPPABLE.search(cmd)
                 if nbs and nbs[0] not in seen_notebooks and "--config" in cmd and trained:
                     seen_notebooks.add(nbs[0])
                     steps.append(("nbval", f"{nbs[0]} config={key}"))
+                elif not trained and group and group.group(3) == key:
+                    # every entry this profile skips, in one process (`skip` writes what `stage` /
+                    # `train` writes for a skipped name; a process costs seconds of imports)
+                    skipped.setdefault((group.group(1), group.group(2)), []).append(key)
                 else:
                     steps.append(("cmd", " ".join(cmd.split())))
+            for (module, flag), keys in skipped.items():
+                steps.append(("cmd", f"python -m {module} skip --profile {profile} --{flag} {' '.join(keys)}"))
             continue
         cmd = " ".join(_substitute(stage["cmd"], env).split())
         nbs = NOTEBOOK.findall(cmd)

@@ -71,7 +71,7 @@ def test_fetch_from_gzip_source_verifies(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for name in fashion_mnist.SHA256:
-        with open(FM_ROOT / name, "rb") as fin, gzip.open(src / f"{name}.gz", "wb") as fout:
+        with open(FM_ROOT / name, "rb") as fin, gzip.open(src / f"{name}.gz", "wb", compresslevel=1) as fout:
             shutil.copyfileobj(fin, fout)
     dest = fashion_mnist.fetch(tmp_path / "dest", source=src)
     fashion_mnist.verify(dest)

@@ -58,5 +58,10 @@ def test_smoke_harness_runs_a_foreach_notebook_under_nbval_only_for_a_config_the
         assert params["profiles"][profile]["tokenizers"]["steps"][config] > 0, (profile, config)
         # every other tokenizer still runs (as its stage command), trained or 'skipped'
         names = set(params["tokenizers"]["configs"]) | set(params["tokenizers"]["finetunes"])
-        commands = {w.split("--config ")[1] for k, w in steps if k == "cmd" and "--config " in w}
-        assert commands | {config} == names
+        listed = [n for k, w in steps if k == "cmd" and "--config " in w for n in w.split("--config ")[1].split()]
+        assert sorted(listed + [config]) == sorted(names)  # each exactly once
+        # the names a profile does not train are written by `skip` lines, and only those
+        counts = params["profiles"][profile]
+        for section, flag in (("tokenizers", "--config "), ("generation", "--name ")):
+            skipped = [n for k, w in steps if k == "cmd" and " skip " in w and flag in w for n in w.split(flag)[1].split()]
+            assert sorted(skipped) == sorted(n for n, c in counts[section]["steps"].items() if c == 0), (profile, section)
