@@ -260,9 +260,7 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
     G, seed = P["generation"], P["seed"]
     steps = steps_of(G, name)
     if steps == 0:
-        for path in write_skipped(profile, name, seed):
-            print(f"[generator {name}] skipped in profile {profile}: wrote {path}")
-        return 0
+        return run_skipped(profile, [name])
     entry = G["models"][name]
     torch.manual_seed(seed)
     tok = load_named_tokenizer(P, entry["tokenizer"])

@@ -310,9 +310,7 @@ def run_stage(notebook: str, profile: str, name: str) -> int:
     params = lib_params.load(profile)
     section = params["tokenizers"]
     if not is_active(section, name):
-        for path in write_skipped(profile, name, params["seed"]):
-            print(f"[tokenizer {name}] skipped in profile {profile}: wrote {path}")
-        return 0
+        return run_skipped(profile, [name])
     target = executed_notebook_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "papermill", "-k", "python3", "--log-output", notebook, str(target),

@@ -70,7 +70,6 @@ SUPER_RES_LABEL = "super-res stage (random weights, timing only)"
 AR_METHODS = ("ar_recompute", "ar_kv_cache")
 MASKGIT_STEPS = (8, 12, 16, 24)
 SMART_T = 10
-SUPER_RES_STEPS = 8  # Muse Sec. 2.8: "4096 tokens using 8 decoding steps in our super-resolution model"
 TEXT_LEN = 16        # lib.text.encoder max_length: the text memory every text-conditioned model sees
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -309,15 +308,16 @@ def sampler_methods(models: dict[str, torch.nn.Module], batch: int, settings: di
                "(the unconditional pass is skipped at step 0, where the scale is 0)"), model=masked, fn=two_pass)
     if "super_res" in models:
         sr = models["super_res"]
+        sr_steps = int(settings["super_res_steps"])  # params.yaml super_res.sampling_steps (Muse Sec. 2.8)
         lh, lw, lc, lk = sr.config.low_res
         g = torch.Generator().manual_seed(seed + 1)
         sr_cond = text_condition(batch, cfg.text_dim, device, seed)
         sr_cond.low_res_tokens = torch.randint(0, lk, (batch, lh * lw, lc), generator=g).to(device)
         methods["super_res"] = dict(
             label=(f"{SUPER_RES_LABEL}: {cfg.grid_h}x{cfg.grid_w} tokens conditioned on {lh}x{lw} low-res tokens "
-                   f"+ text, MaskGIT {SUPER_RES_STEPS} steps (Muse Sec. 2.4, 2.8)"),
+                   f"+ text, MaskGIT {sr_steps} steps (Muse Sec. 2.4, 2.8)"),
             model=sr, fn=masked_fn(sr, sr_cond, lambda: make_scheduler("maskgit", settings,
-                                                                      maskgit_steps=SUPER_RES_STEPS)))
+                                                                      maskgit_steps=sr_steps)))
     return methods
 
 
@@ -598,7 +598,7 @@ def run(profile: str, out: Path | None = None, *, device: str | None = None, dty
                   min_repeats=repeats or prof["min_repeats"], max_repeats=max(repeats or 0, prof["max_repeats"]),
                   budget_s=prof["budget_s"])
     size, size_source = model_size(prof, params)
-    settings = dict(params["generation"]["sampling"])
+    settings = dict(params["generation"]["sampling"], super_res_steps=int(params["super_res"]["sampling_steps"]))
     entry = params["generation"]["models"]["muse"]
     log = print if progress else (lambda *_: None)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None

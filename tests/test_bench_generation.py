@@ -203,7 +203,9 @@ def test_summarize_quartiles_and_ratios():
 def test_super_res_stage_and_call_counter_on_a_16x16_grid():
     from lib import params as lib_params
 
-    settings = lib_params.load("smoke")["generation"]["sampling"]
+    P = lib_params.load("smoke")
+    steps = P["super_res"]["sampling_steps"]
+    settings = dict(P["generation"]["sampling"], super_res_steps=steps)
     dev = torch.device("cpu")
     models = B.build_models(16, TINY, 64, "cross_attention", 0, dev)
     assert models["super_res"].config.low_res == (8, 8, 1, 64) and "super_res" not in B.build_models(
@@ -212,7 +214,7 @@ def test_super_res_stage_and_call_counter_on_a_16x16_grid():
     assert B.SUPER_RES_LABEL in method["label"]
     with B.count_calls(method["model"]) as tally:
         out = method["fn"]()
-    assert tally == {"calls": B.SUPER_RES_STEPS, "rows": 2 * B.SUPER_RES_STEPS}
+    assert tally == {"calls": steps, "rows": 2 * steps}
     assert out["tokens"].shape == (2, 256, 1) and int(out["tokens"].max()) < 64  # no [MASK] left
 
 
