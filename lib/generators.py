@@ -131,18 +131,13 @@ def load_named_tokenizer(params: Mapping[str, Any], name: str, device: str = "cp
     return load_tokenizer(path, T.tokenizer_config(S, name), disc_ndf=S["disc_ndf"], device=device)
 
 
-@torch.no_grad()
 def tokenize_images(tok, images_u8: np.ndarray, batch_size: int = 500, progress: bool = False) -> torch.Tensor:
-    """uint8 ``[n,H,W,3]`` -> ``LongTensor [n, N, C]`` (raster order) with ``tok``."""
-    from tqdm.auto import tqdm
+    """uint8 ``[n,H,W,3]`` -> ``LongTensor [n, N, C]`` with ``tok`` (:func:`lib.tokens.tokenize_images`).
 
-    from .tokenizers import to_float
+    For notebooks that tokenize a few chosen images; training reads the ``tokens@<name>`` cache."""
+    from .tokens import tokenize_images as _tokenize
 
-    out = []
-    for i in tqdm(range(0, len(images_u8), batch_size), desc="tokenize", disable=not progress):
-        grid = tok.tokenize(to_float(images_u8[i:i + batch_size]))  # [b, H, W, C]
-        out.append(grid.reshape(grid.shape[0], -1, grid.shape[-1]).cpu())
-    return torch.cat(out)
+    return _tokenize(tok, images_u8, batch_size=batch_size, progress=progress)
 
 
 @torch.no_grad()
@@ -250,6 +245,7 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
     """One ``generator@<name>`` stage: train (resumably) and write checkpoint, loss curve, metrics."""
     from . import params as lib_params
     from . import tokenizers as T
+    from . import tokens as TOK
     from .data.caption_dataset import load_split
     from .generation import train_autoregressive, train_masked
     from .io import sha256_file
@@ -263,13 +259,17 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
         return run_skipped(profile, [name])
     entry = G["models"][name]
     torch.manual_seed(seed)
-    tok = load_named_tokenizer(P, entry["tokenizer"])
     root = caption_root()
     train, test = load_split(root, "train"), load_split(root, "test")
+    # The tokenizer is not run here: its tokens@<name> stage tokenized every split once (issue 15).
     t0 = time.perf_counter()
-    tokens = tokenize_images(tok, train["images"], progress=progress)
+    cache = TOK.load(entry["tokenizer"], tokenizer_checkpoint=T.checkpoint_path(entry["tokenizer"]))
+    tokens = cache["train"]
+    if len(tokens) != len(train["images"]):
+        raise AtelierInputError(f"{cache.path}: {len(tokens)} train token grids for {len(train['images'])} train images; "
+                                f"run `dvc repro tokens@{entry['tokenizer']}` again")
     test_n = min(int(G["eval_n"]), len(test["images"]))
-    test_tokens = tokenize_images(tok, test["images"][:test_n])
+    test_tokens = cache["test"][:test_n]
     t_tok = time.perf_counter() - t0
     if entry["objective"] == "class":
         table = class_table()
@@ -279,7 +279,7 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
         table, ids = text_table(progress=progress)
         text_kw = dict(caption_ids=ids["train"], text_table=table)
         test_cond = table.condition(ids["test"][:test_n, 0])
-    model = build_model(P, name, tok)
+    model = build_model(P, name, cache)
     common = dict(steps=steps, batch_size=G["batch_size"], lr=G["lr"], seed=seed, warmup_steps=G["warmup_steps"],
                   cond_drop=G["cond_drop"], progress=progress, **text_kw)
     t0 = time.perf_counter()
@@ -303,17 +303,18 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
         "heldout_acc_definition": ("masked-token accuracy at mask rate 0.5, first caption, first eval_n test images"
                                    if entry["kind"] == "masked" else "teacher-forced next-entry accuracy, first caption"),
         "num_train_images": int(len(tokens)), "num_heldout_images": int(test_n),
-        "token_shape": list(tok.token_shape),
+        "token_shape": list(cache.token_shape),
     }
     prov = run_info(profile, seed, model=name, config=entry,
                     transformer=model.config.to_dict(),
                     checkpoint=f"artifacts/generators/{name}/{CHECKPOINT}",
                     checkpoint_sha256=sha256_file(checkpoint_path(name)),
-                    tokenizer_checkpoint_sha256=sha256_file(T.checkpoint_path(entry["tokenizer"])),
+                    tokenizer_checkpoint_sha256=cache.tokenizer_sha256,
+                    token_cache=f"artifacts/tokens/{entry['tokenizer']}/{TOK.FILE}",
                     training={k: v for k, v in common.items() if k not in ("progress", "caption_ids", "text_table",
                                                                           "class_ids")}
                     | {"objective": entry["objective"], "seconds": round(t_train, 1),
-                       "tokenize_seconds": round(t_tok, 1),
+                       "token_cache_load_seconds": round(t_tok, 1),
                        "text_encoder": "frozen all-MiniLM-L6-v2 token features (lib.generation.TextFeatureTable)"})
     print(write_metrics(metrics_path(name), metrics, prov))
     return 0

@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = re.compile(r"notebooks/[\w.-]+\.ipynb")
 #: a foreach stage command whose module has a ``skip`` subcommand for names the profile does not train
-SKIPPABLE = re.compile(r"python -m (lib\.tokenizers|lib\.generators) (?:stage|train) .*--(config|name) (\S+)")
+SKIPPABLE = re.compile(r"python -m (lib\.tokenizers|lib\.generators|lib\.tokens) (?:stage|train|build) .*--(config|name) (\S+)")
 
 
 def ordered_notebooks(root: Path = ROOT) -> list[str]:
@@ -64,10 +64,16 @@ def pipeline_steps(profile: str, root: Path = ROOT) -> list[tuple[str, str]]:
             continue
         env = {**params, "profile": profile}
         if "foreach" in stage:
-            path = stage["foreach"].strip("${} ")
-            items = _lookup(params, path)
+            if isinstance(stage["foreach"], list):
+                # a list of tokenizer names (the tokens stage): the tokenizers' step counts decide
+                items = {key: key for key in stage["foreach"]}
+                section = "tokenizers"
+            else:
+                path = stage["foreach"].strip("${} ")
+                items = _lookup(params, path)
+                section = path.split(".")[0]
             # profiles.<p>.<section>.steps says which entries the profile trains (0 = a 'skipped' marker)
-            counts = params.get("profiles", {}).get(profile, {}).get(path.split(".")[0], {}).get("steps", {})
+            counts = params.get("profiles", {}).get(profile, {}).get(section, {}).get("steps", {})
             skipped: dict[tuple[str, str], list[str]] = {}
             for key, item in items.items():
                 cmd = _substitute(stage["do"]["cmd"], {**env, "key": key, "item": item})

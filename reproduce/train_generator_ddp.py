@@ -124,12 +124,16 @@ def load_data(params: dict[str, Any], name: str, rank: int, world: int, syntheti
 
     from lib.data.caption_dataset import load_split
 
-    tok = GEN.load_named_tokenizer(params, entry["tokenizer"])
+    from lib import tokenizers as T
+    from lib import tokens as TOK
+
+    # The tokens@<tokenizer> stage tokenized every split once; no tokenizer runs here.
+    tok = TOK.load(entry["tokenizer"], tokenizer_checkpoint=T.checkpoint_path(entry["tokenizer"]))
     root = GEN.caption_root()
     train, test = load_split(root, "train"), load_split(root, "test")
-    tokens = GEN.tokenize_images(tok, train["images"], progress=progress and rank == 0)
+    tokens = tok["train"]
     test_n = min(int(params["generation"]["eval_n"]), len(test["images"]))
-    test_tokens = GEN.tokenize_images(tok, test["images"][:test_n])
+    test_tokens = tok["test"][:test_n]
     # Rank 0 builds (or validates) the text-feature cache before the others read it: no two writers.
     if world > 1 and rank != 0:
         dist.barrier()

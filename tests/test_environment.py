@@ -62,6 +62,6 @@ def test_smoke_harness_runs_a_foreach_notebook_under_nbval_only_for_a_config_the
         assert sorted(listed + [config]) == sorted(names)  # each exactly once
         # the names a profile does not train are written by `skip` lines, and only those
         counts = params["profiles"][profile]
-        for section, flag in (("tokenizers", "--config "), ("generation", "--name ")):
-            skipped = [n for k, w in steps if k == "cmd" and " skip " in w and flag in w for n in w.split(flag)[1].split()]
+        for section, module, flag in (("tokenizers", "lib.tokenizers", "--config "), ("generation", "lib.generators", "--name ")):
+            skipped = [n for k, w in steps if k == "cmd" and f"-m {module} skip " in w for n in w.split(flag)[1].split()]
             assert sorted(skipped) == sorted(n for n, c in counts[section]["steps"].items() if c == 0), (profile, section)
