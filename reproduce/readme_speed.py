@@ -1,4 +1,5 @@
-"""Write the README's speed summary from the benchmark JSON (``results/bench/generation.json``).
+"""Write the README's speed summaries from the benchmark JSONs (``results/bench/generation.json``,
+``results/bench/training.json``).
 
     .venv/bin/python reproduce/readme_speed.py            # rewrite the block in README.md
     .venv/bin/python reproduce/readme_speed.py --check    # exit 1 if README.md is out of date
@@ -6,7 +7,8 @@
 The block between ``<!-- speed:begin -->`` and ``<!-- speed:end -->`` is generated, never typed: it
 names the JSON's sha256, and ``tests/test_readme_speed.py`` re-renders it from that JSON whenever
 the file in the tree has that hash. After ``dvc repro bench_generation`` on another machine the hash
-differs; run this script to refresh the README.
+differs; run this script to refresh the README. The training block (``<!-- training:begin -->`` ...
+``<!-- training:end -->``) is rendered the same way from ``results/bench/training.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 JSON_PATH = Path("results/bench/generation.json")
+TRAIN_BEGIN, TRAIN_END = "<!-- training:begin -->", "<!-- training:end -->"
+TRAIN_JSON_PATH = Path("results/bench/training.json")
+TRAIN_PHASES = ("data", "forward", "perceptual", "gan_g", "backward", "optimizer", "gan_d")
 METHODS = [("ar_recompute", "AR, prefix recomputed (Taming's sampler)"), ("ar_kv_cache", "AR, KV cache"),
            ("maskgit_8", "MaskGIT, 8 steps"), ("maskgit_12", "MaskGIT, 12 steps"), ("smart_T10", "SMART, T=10"),
            ("muse_cfg_batched", "Muse CFG, 12 steps (batched)"), ("super_res", "super-res stage, 8 steps")]
@@ -65,16 +70,45 @@ def render(doc: dict[str, Any], sha256: str) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"README.md must contain one {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+def render_training(doc: dict[str, Any], sha256: str) -> str:
+    """The Markdown block for one ``bench_training.py`` JSON: step time, MFU and phase shares per model kind."""
+    m, prov = doc["metrics"], doc.get("provenance", {})
+    mm = m["matmul"]
+    lines = [f"Training compute, from [`{TRAIN_JSON_PATH}`]({TRAIN_JSON_PATH}) (sha256 `{sha256[:16]}`; profile "
+             f"`{prov.get('profile')}`, {prov.get('device_kind')}, {m['threads']} threads, git "
+             f"`{str(prov.get('git_revision'))[:8]}`). One training step at the configured batch; FLOPs counted by "
+             f"`FlopCounterMode` (matmul/conv only); MFU against the float32 matmul rate measured in the same run "
+             f"({mm['float32_flops_per_s'] / 1e9:.0f} GFLOP/s; bfloat16/float32 matmul ratio here: "
+             f"{mm['bfloat16_over_float32']:.2f}):", "",
+             "| model | kind | batch | ms / step | samples / s | GFLOP / step | MFU (fp32) | "
+             + " | ".join(f"{p} %" for p in TRAIN_PHASES) + " |",
+             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(TRAIN_PHASES)]
+    for name, e in m["models"].items():
+        if "step_seconds" not in e:
+            lines.append(f"| {name} | {e.get('kind', '')} | — | {e.get('not_measured', 'not measured')} |"
+                         + " |" * (4 + len(TRAIN_PHASES)))
+            continue
+        share = e["phase_share"]
+        lines.append(f"| {name} | {e['kind']} | {e['batch_size']} | {_ms(e['step_seconds']['median'])} | "
+                     f"{e['images_per_s']:.0f} | {e['flops_per_step'] / 1e9:.1f} | {e['mfu_float32']:.2f} | "
+                     + " | ".join("—" if p not in share else f"{100 * share[p]:.0f}" for p in TRAIN_PHASES) + " |")
+    v = m.get("variants", {}).get("tokenizer_vq")
+    if v:
+        lines += ["", "Tokenizer `vq` step time relative to its baseline, measured side by side: "
+                  + ", ".join(f"{k} {e['ratio_to_baseline']:.2f}" for k, e in v.items() if k != "baseline") + "."]
+    return "\n".join(lines)
 
 
-def current_block(text: str) -> str:
-    return text.split(BEGIN)[1].split(END)[0].strip("\n")
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"README.md must contain one {begin} ... {end} block")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
+
+
+def current_block(text: str, begin: str = BEGIN, end: str = END) -> str:
+    return text.split(begin)[1].split(end)[0].strip("\n")
 
 
 def load(path: Path) -> tuple[dict[str, Any], str]:
@@ -88,15 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     parser.add_argument("--json", type=Path, default=ROOT / JSON_PATH)
+    parser.add_argument("--training-json", type=Path, default=ROOT / TRAIN_JSON_PATH)
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args(argv)
     try:
         doc, sha = load(args.json)
+        tdoc, tsha = load(args.training_json)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = args.readme.read_text()
     new = replace_block(text, render(doc, sha))
+    new = replace_block(new, render_training(tdoc, tsha), TRAIN_BEGIN, TRAIN_END)
     if args.check:
         if new != text:
             print(f"{args.readme}: speed block is out of date; run reproduce/readme_speed.py", file=sys.stderr)
