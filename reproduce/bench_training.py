@@ -89,6 +89,20 @@ def matmul_rate(n: int, dtype: torch.dtype, device: torch.device, seconds: float
     return 2 * n**3 / best
 
 
+def shaped_matmul_rate(m: int, k: int, n: int, device: torch.device, seconds: float = 0.3) -> float:
+    """FLOP/s of an ``[m, k] @ [k, n]`` matmul: the rate a model of width ``k`` can reach at best."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    a @ b
+    best, t_end, reps = float("inf"), time.perf_counter() + seconds, 0
+    while time.perf_counter() < t_end or reps < 5:
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best, reps = min(best, time.perf_counter() - t0), reps + 1
+    return 2 * m * k * n / best
+
+
 class Phases:
     """Accumulates wall seconds per named phase of one step."""
 
@@ -279,10 +293,50 @@ def transformer_step(P, name: str, batch: int, device):
 
 
 def qformer_step(P, batch: int, device):
-    """One phase-1 step of the UniFashion Q-Former (ITC + ITM) on random image features / text."""
-    from lib import unifashion as U
+    """One phase-1 step of the UniFashion Q-Former (ITC + ITM, :func:`lib.retrieval.train.train_phase1_qformer`)
+    on random frozen image features (EfficientNet-Lite0 stage ``out_index``: 6x6 x 112 at 96 px) and text tokens."""
+    from lib.retrieval.losses import image_text_contrastive, itm_loss
+    from lib.retrieval.qformer import QFormer
 
-    return U.benchmark_step(P, batch, device) if hasattr(U, "benchmark_step") else None
+    R = P["retrieval"]
+    side = int(R["image_size"]) // 16  # stage-4 stride of EfficientNet-Lite0
+    image_dim, tokens, text_len = 112, side * side, 16
+    model = QFormer(image_dim=image_dim, num_image_tokens=tokens, **R["qformer"]).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=float(R["lr"]["phase1"]), weight_decay=0.05, betas=(0.9, 0.98))
+    n_pool = 1024
+    feats_pool = torch.randn(n_pool, tokens, image_dim)
+    text_pool = torch.randn(n_pool, text_len, 384)
+    g = torch.Generator().manual_seed(0)
+
+    def make_batch():
+        idx = torch.randint(0, n_pool, (batch,), generator=g)
+        positive = torch.eye(batch, dtype=torch.bool, device=device)
+        return (feats_pool[idx].to(device), text_pool[idx].to(device),
+                torch.ones(batch, text_len, dtype=torch.bool, device=device), positive)
+
+    def loss_of(feats, tok, msk, positive):
+        scale = model.logit_scale()
+        itc, sim = image_text_contrastive(model.image_embeds(feats), model.text_embed(tok, msk), scale, positive)
+        itm, _ = itm_loss(model.itm_logits, feats, tok, msk, sim.detach(), positive, scale.detach())
+        return itc + itm
+
+    def step(ph: Phases) -> None:
+        b = make_batch()
+        ph.mark("data")
+        loss = loss_of(*b)
+        ph.mark("forward")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ph.mark("backward")
+        opt.step()
+        ph.mark("optimizer")
+
+    def flops_of(part: str = "all") -> int:
+        b = make_batch()
+        return count_flops(lambda: loss_of(*b).backward())
+
+    return step, flops_of, {"qformer": sum(p.numel() for p in model.parameters()),
+                            "image_tokens": tokens, "text_tokens": text_len}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,13 +371,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"matmul fp32 {fp32 / 1e9:.1f} GFLOP/s; at n={probe_n}: fp32 {fp32_probe / 1e9:.1f}, bf16 {bf16 / 1e9:.2f} GFLOP/s ({torch.get_num_threads()} threads)")
 
-    def record(kind: str, name: str, batch: int, step, flops_of, params, extra=None):
+    def record(kind: str, name: str, batch: int, step, flops_of, params, width=None):
         t = timed(step, device, warm, reps)
         flops = flops_of("all")
         sec = t["step_seconds"]["median"]
         entry = {"kind": kind, "batch_size": batch, **t, "flops_per_step": flops,
                  "achieved_flops_per_s": flops / sec, "mfu_float32": flops / sec / fp32,
-                 "images_per_s": batch / sec, "parameters": params, **(extra or {})}
+                 "images_per_s": batch / sec, "parameters": params}
+        if width is not None:
+            # the model's own matmul shape (4096 rows x width x width): what bounds a narrow model
+            rate = shaped_matmul_rate(4096, width, width, device)
+            entry["width_matmul"] = {"shape": [4096, width, width], "flops_per_s": rate,
+                                     "ratio_to_dense": rate / fp32, "mfu_vs_width_matmul": flops / sec / rate}
         phases = t["phases_seconds"]
         total = sum(phases.values())
         entry["phase_share"] = {k: v / total for k, v in phases.items()}
@@ -341,12 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     gb = int(P["generation"]["batch_size"])
     for name in TRANSFORMERS:
         step, flops_of, params = transformer_step(P, name, gb, device)
-        out["models"][name] = record("transformer", name, gb, step, flops_of, params)
-    q = qformer_step(P, int(P["retrieval"]["batch_size"]), device)
-    if q is not None:
-        out["models"]["qformer"] = record("qformer", "qformer", int(P["retrieval"]["batch_size"]), *q)
-    else:
-        out["models"]["qformer"] = {"kind": "qformer", "not_measured": "no benchmark_step in lib.unifashion yet"}
+        out["models"][name] = record("transformer", name, gb, step, flops_of, params, width=int(P["generation"]["dim"]))
+    rb = int(P["retrieval"]["batch_size"])
+    out["models"]["qformer"] = record("qformer", "qformer", rb, *qformer_step(P, rb, device),
+                                      width=int(P["retrieval"]["qformer"]["dim"]))
 
     # side-by-side variants of the vq tokenizer step, round-robin so load hits each alike
     variants = {

@@ -34,7 +34,7 @@ def test_every_model_kind_is_measured_with_its_phases(smoke):
     assert set(m["models"]) == {*B.TOKENIZERS, *B.TRANSFORMERS, "qformer"}
     fp32 = m["matmul"]["float32_flops_per_s"]
     assert fp32 > 0 and m["matmul"]["bfloat16_over_float32"] > 0
-    for name in (*B.TOKENIZERS, *B.TRANSFORMERS):
+    for name in (*B.TOKENIZERS, *B.TRANSFORMERS, "qformer"):
         e = m["models"][name]
         phases = e["phases_seconds"]
         expected = {"data", "forward", "l1", "perceptual", "gan_g", "backward", "optimizer", "gan_d"} \
