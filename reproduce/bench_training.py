@@ -19,7 +19,8 @@ done). MFU = counted FLOPs / step seconds / the dense float32 matmul FLOP/s meas
 run. bfloat16 is probed with the same matmul: on a CPU without native bf16 it is far slower than
 fp32 (then nothing here uses it; see ``lib.generation.train`` ``amp``). Side-by-side variants,
 each timed round-robin with its baseline in one run: the perceptual loss on fewer layers, the
-tokenizer in ``channels_last``, and step time vs batch size (tokenizer ``vq`` and ``muse``).
+tokenizer in ``channels_last``, without the GAN, and bf16 autocast (tokenizer ``vq`` and the
+``muse`` transformer); and step time vs batch size (tokenizer ``vq`` and ``muse``).
 
 Every timing: warm-up steps, then ``repeats`` timed steps (median and IQR kept). Output (atomic
 JSON): ``--out`` (default ``<out_root>/results/bench/training.json``).
@@ -146,7 +147,7 @@ def count_flops(fn: Callable[[], None]) -> int:
 # tokenizers
 # ------------------------------------------------------------------------------------------------
 def tokenizer_step(P, name: str, batch: int, device, *, perceptual_layers=None, channels_last=False,
-                   pretrained=True, with_gan=True):
+                   pretrained=True, with_gan=True, autocast_bf16=False):
     """A closure running one training step of tokenizer ``name`` with the objective of
     :func:`lib.models.tokenizer.train_tokenizer`, timed by phase; and a flop-count closure."""
     from lib import tokenizers as T
@@ -170,6 +171,8 @@ def tokenizer_step(P, name: str, batch: int, device, *, perceptual_layers=None, 
         idx = torch.randint(0, len(pool), (batch,), generator=g)
         x = pool[idx.to(device)].contiguous(memory_format=fmt)
         ph.mark("data")
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16)
+        amp.__enter__()
         recon, q = tok(x)
         ph.mark("forward")
         rec = F.l1_loss(recon, x)
@@ -186,6 +189,7 @@ def tokenizer_step(P, name: str, batch: int, device, *, perceptual_layers=None, 
             for p in disc.parameters():
                 p.requires_grad_(True)
             ph.mark("gan_g")
+        amp.__exit__(None, None, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         ph.mark("backward")
@@ -193,7 +197,8 @@ def tokenizer_step(P, name: str, batch: int, device, *, perceptual_layers=None, 
         ph.mark("optimizer")
         if with_gan:
             opt.zero_grad(set_to_none=True)
-            d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
             d_loss.backward()
             opt.step()
             ph.mark("gan_d")
@@ -220,7 +225,7 @@ def tokenizer_step(P, name: str, batch: int, device, *, perceptual_layers=None, 
 # ------------------------------------------------------------------------------------------------
 # transformers
 # ------------------------------------------------------------------------------------------------
-def transformer_step(P, name: str, batch: int, device):
+def transformer_step(P, name: str, batch: int, device, autocast_bf16: bool = False):
     """One training step of generator ``name`` at the configured size, with the data pieces of
     :func:`lib.generation.train.train_masked` / ``train_autoregressive`` (masking, condition)."""
     from types import SimpleNamespace
@@ -274,7 +279,8 @@ def transformer_step(P, name: str, batch: int, device):
     def step(ph: Phases) -> None:
         targets, mask, cond = make_batch()
         ph.mark("data")
-        loss = loss_of(targets, mask, cond)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            loss = loss_of(targets, mask, cond)
         ph.mark("forward")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -405,28 +411,33 @@ def main(argv: list[str] | None = None) -> int:
     out["models"]["qformer"] = record("qformer", "qformer", rb, *qformer_step(P, rb, device),
                                       width=int(P["retrieval"]["qformer"]["dim"]))
 
-    # side-by-side variants of the vq tokenizer step, round-robin so load hits each alike
-    variants = {
-        "baseline": dict(),
-        "perceptual_layers_1_2_4": dict(perceptual_layers=(1, 2, 4)),
-        "perceptual_layers_1_2": dict(perceptual_layers=(1, 2)),
-        "channels_last": dict(channels_last=True),
-        "no_gan": dict(with_gan=False),
+    # side-by-side variants, each round-robin with its baseline so load hits each alike
+    groups = {
+        "tokenizer_vq": {k: tokenizer_step(P, "vq", tb, device, pretrained=cfg["pretrained"], **kw)[0] for k, kw in {
+            "baseline": dict(),
+            "perceptual_layers_1_2_4": dict(perceptual_layers=(1, 2, 4)),
+            "perceptual_layers_1_2": dict(perceptual_layers=(1, 2)),
+            "channels_last": dict(channels_last=True),
+            "no_gan": dict(with_gan=False),
+            "bf16_autocast": dict(autocast_bf16=True),
+        }.items()},
+        "transformer_muse": {k: transformer_step(P, "muse", gb, device, **kw)[0] for k, kw in {
+            "baseline": dict(), "bf16_autocast": dict(autocast_bf16=True)}.items()},
     }
-    steps = {k: tokenizer_step(P, "vq", tb, device, pretrained=cfg["pretrained"], **kw)[0] for k, kw in variants.items()}
-    runs: dict[str, list[float]] = {k: [] for k in variants}
-    for k, s in steps.items():
-        for _ in range(warm):
-            s(Phases(device))
-    for _ in range(reps):
-        for k, s in steps.items():
-            ph = Phases(device)
-            s(ph)
-            runs[k].append(sum(ph.t.values()))
-    base = statistics.median(runs["baseline"])
-    out["variants"]["tokenizer_vq"] = {k: {"step_seconds": summary(v), "ratio_to_baseline": statistics.median(v) / base}
-                                       for k, v in runs.items()}
-    print("vq variants:", {k: round(statistics.median(v) / base, 3) for k, v in runs.items()})
+    for group, steps in groups.items():
+        runs: dict[str, list[float]] = {k: [] for k in steps}
+        for s in steps.values():
+            for _ in range(warm):
+                s(Phases(device))
+        for _ in range(reps):
+            for k, s in steps.items():
+                ph = Phases(device)
+                s(ph)
+                runs[k].append(sum(ph.t.values()))
+        base = statistics.median(runs["baseline"])
+        out["variants"][group] = {k: {"step_seconds": summary(v), "ratio_to_baseline": statistics.median(v) / base}
+                                  for k, v in runs.items()}
+        print(f"{group} variants:", {k: round(statistics.median(v) / base, 3) for k, v in runs.items()})
 
     for kind, name, batches in (("tokenizer", "vq", cfg["batches_tok"]), ("transformer", "muse", cfg["batches_tf"])):
         rows = []

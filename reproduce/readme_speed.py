@@ -92,9 +92,8 @@ def render_training(doc: dict[str, Any], sha256: str) -> str:
         lines.append(f"| {name} | {e['kind']} | {e['batch_size']} | {_ms(e['step_seconds']['median'])} | "
                      f"{e['images_per_s']:.0f} | {e['flops_per_step'] / 1e9:.1f} | {e['mfu_float32']:.2f} | "
                      + " | ".join("—" if p not in share else f"{100 * share[p]:.0f}" for p in TRAIN_PHASES) + " |")
-    v = m.get("variants", {}).get("tokenizer_vq")
-    if v:
-        lines += ["", "Tokenizer `vq` step time relative to its baseline, measured side by side: "
+    for group, v in m.get("variants", {}).items():
+        lines += ["", f"`{group}` step time relative to its float32 baseline, measured side by side: "
                   + ", ".join(f"{k} {e['ratio_to_baseline']:.2f}" for k, e in v.items() if k != "baseline") + "."]
     return "\n".join(lines)
 

@@ -55,7 +55,8 @@ def test_variants_and_batch_scaling_are_side_by_side(smoke):
     m = smoke["metrics"]
     v = m["variants"]["tokenizer_vq"]
     assert v["baseline"]["ratio_to_baseline"] == 1.0
-    assert {"perceptual_layers_1_2_4", "channels_last", "no_gan"} <= set(v)
+    assert {"perceptual_layers_1_2_4", "channels_last", "no_gan", "bf16_autocast"} <= set(v)
+    assert set(m["variants"]["transformer_muse"]) == {"baseline", "bf16_autocast"}
     for name, batches in (("vq", "batches_tok"), ("muse", "batches_tf")):
         rows = m["batch_scaling"][name]
         assert [r["batch_size"] for r in rows] == B.PROFILE_SETTINGS["smoke"][batches]
