@@ -71,36 +71,22 @@ def summary(times: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(times), "q1": q[0], "q3": q[2], "iqr": q[2] - q[0], "runs": times}
 
 
-def matmul_rate(n: int, dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
-    """FLOP/s of a dense ``n x n`` matmul (best of repeated runs within ``seconds``)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+def matmul_rate(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype = torch.float32,
+                seconds: float = 0.3) -> float:
+    """FLOP/s of an ``[m, k] @ [k, n]`` matmul (best run within ``seconds``, at least 3 runs): square for
+    the machine's dense rate, ``[4096, width, width]`` for the rate a model of that width can reach."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
     a @ b
-    best, t_end = float("inf"), time.perf_counter() + seconds
-    reps = 0
+    best, t_end, reps = float("inf"), time.perf_counter() + seconds, 0
     while time.perf_counter() < t_end or reps < 3:
         _sync(device)
         t0 = time.perf_counter()
         a @ b
         _sync(device)
-        best = min(best, time.perf_counter() - t0)
-        reps += 1
-        if reps >= 3 and dtype == torch.bfloat16 and best > 0.05:
-            break  # emulated bf16: a handful of runs say enough
-    return 2 * n**3 / best
-
-
-def shaped_matmul_rate(m: int, k: int, n: int, device: torch.device, seconds: float = 0.3) -> float:
-    """FLOP/s of an ``[m, k] @ [k, n]`` matmul: the rate a model of width ``k`` can reach at best."""
-    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
-    a @ b
-    best, t_end, reps = float("inf"), time.perf_counter() + seconds, 0
-    while time.perf_counter() < t_end or reps < 5:
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
         best, reps = min(best, time.perf_counter() - t0), reps + 1
+        if reps >= 3 and best > 0.05:
+            break  # an emulated dtype: a handful of runs say enough
     return 2 * m * k * n / best
 
 
@@ -232,7 +218,7 @@ def transformer_step(P, name: str, batch: int, device, autocast_bf16: bool = Fal
 
     from lib import generators as GEN
     from lib import tokenizers as T
-    from lib.generation import Condition, TextFeatureTable
+    from lib.generation import TextFeatureTable
     from lib.generation.masking import COMBINATION_PROBS_PROSE, m6_mask, random_mask, sample_combinations, visual_crops
     from lib.generation.transformer import masked_token_loss
     from lib.models.tokenizer import Tokenizer
@@ -293,7 +279,6 @@ def transformer_step(P, name: str, batch: int, device, autocast_bf16: bool = Fal
         batch_data = make_batch()
         return count_flops(lambda: loss_of(*batch_data).backward())
 
-    assert isinstance(Condition, type)
     return step, flops_of, {"transformer": sum(p.numel() for p in model.parameters()),
                             "sequence": {"positions": cfg.num_positions, "channels": cfg.channels}}
 
@@ -362,11 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     warm, reps = cfg["warmup"], cfg["repeats"]
 
-    fp32 = matmul_rate(cfg["matmul"], torch.float32, device)
+    fp32 = matmul_rate(cfg["matmul"], cfg["matmul"], cfg["matmul"], device, seconds=1.0)
     # bf16 vs fp32 at one size: a CPU without native bf16 emulates it (~100x slower), so the probe is small
     probe_n = cfg["matmul"] if device.type == "cuda" else 256
-    fp32_probe = matmul_rate(probe_n, torch.float32, device, seconds=0.3)
-    bf16 = matmul_rate(probe_n, torch.bfloat16, device, seconds=0.3)
+    fp32_probe = matmul_rate(probe_n, probe_n, probe_n, device)
+    bf16 = matmul_rate(probe_n, probe_n, probe_n, device, dtype=torch.bfloat16)
     out: dict[str, Any] = {
         "matmul": {"n": cfg["matmul"], "float32_flops_per_s": fp32, "probe_n": probe_n,
                    "float32_flops_per_s_at_probe_n": fp32_probe, "bfloat16_flops_per_s_at_probe_n": bf16,
@@ -386,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                  "images_per_s": batch / sec, "parameters": params}
         if width is not None:
             # the model's own matmul shape (4096 rows x width x width): what bounds a narrow model
-            rate = shaped_matmul_rate(4096, width, width, device)
+            rate = matmul_rate(4096, width, width, device)
             entry["width_matmul"] = {"shape": [4096, width, width], "flops_per_s": rate,
                                      "ratio_to_dense": rate / fp32, "mfu_vs_width_matmul": flops / sec / rate}
         phases = t["phases_seconds"]
