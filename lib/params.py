@@ -43,6 +43,10 @@ def _float(lo: float, hi: float) -> Callable[[Any], str | None]:
     return check
 
 
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, got {type(v).__name__} {v!r}"
+
+
 def _int_list(lo: int, hi: int) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if not isinstance(v, list) or not v:
@@ -287,6 +291,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "gan_weight": _float(0.0, 100.0),
         "gan_start": _float(0.0, 1.0),
         "disc_ndf": _int(4, 1024),
+        "channels_last": _bool,
         "grid_n": _int(1, 64),
         # named configurations
         "configs": _named(_tokenizer_entry),

@@ -77,8 +77,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def portable_paths(value: Any, root: str | Path | None = None) -> Any:
+    """``value`` with every string that is an absolute path inside the repository ``root`` made
+    relative to it (posix), recursively through dicts, lists and tuples: a metrics JSON then reads
+    the same on every checkout (issue 18), and names files a reader can open from the repo root."""
+    base = str(Path(root) if root is not None else repo_root()).rstrip("/") + "/"
+    if isinstance(value, str):
+        return value[len(base):] if value.startswith(base) else value
+    if isinstance(value, Mapping):
+        return {k: portable_paths(v, base) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_paths(v, base) for v in value]
+    return value
+
+
 def write_metrics(path: str | Path, metrics: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
-    """Write ``{"metrics": ..., "provenance": ...}`` atomically; ``provenance`` gains peak RSS."""
+    """Write ``{"metrics": ..., "provenance": ...}`` atomically; ``provenance`` gains peak RSS.
+    Absolute paths inside the repository are written relative to it (:func:`portable_paths`)."""
     prov = dict(provenance)
     prov.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
-    return atomic_write_json(path, {"metrics": dict(metrics), "provenance": prov})
+    return atomic_write_json(path, portable_paths({"metrics": dict(metrics), "provenance": prov}))

@@ -262,14 +262,22 @@ def run_train(profile: str, progress: bool = True) -> int:
     t_tok = time.perf_counter() - t0
     high.eval()
 
-    # 2. token pairs (low-res of the 32x32 images, high-res of the renders) and captions
+    # 2. token pairs and captions: the low-res tokens of the 32x32 images come from the base
+    # tokenizer's cache (stage tokens@<low_name>, issue 15); only the renders, which no other stage
+    # sees, are tokenized here, by the high-res tokenizer this stage has just trained.
     t0 = time.perf_counter()
-    lo_tokens = GEN.tokenize_images(low, train["images"][sel], progress=progress)
+    from . import tokens as TOK
+
+    cache = TOK.load(low_name, tokenizer_checkpoint=T.checkpoint_path(low_name))
+    if len(cache["train"]) != len(train["images"]) or len(cache["test"]) != len(test["images"]):
+        raise AtelierInputError(f"{cache.path}: {len(cache['train'])}/{len(cache['test'])} train/test token grids for "
+                                f"{len(train['images'])}/{len(test['images'])} images; run `dvc repro tokens@{low_name}`")
+    lo_tokens = cache["train"][torch.from_numpy(sel)]
     hi_tokens = GEN.tokenize_images(high, hi_u8, progress=progress)
     del hi_u8
     n_eval = min(S["eval_n"], len(test["images"]))
     test_hi_u8 = highres_images(test, np.arange(n_eval), S["scale"])
-    test_lo = GEN.tokenize_images(low, test["images"][:n_eval])
+    test_lo = cache["test"][:n_eval]
     test_hi = GEN.tokenize_images(high, test_hi_u8)
     t_tokenize = time.perf_counter() - t0
     table, ids = GEN.text_table(progress=progress)
@@ -325,10 +333,11 @@ def run_train(profile: str, progress: bool = True) -> int:
                     tokenizer_checkpoint="artifacts/super_res/tokenizer.safetensors",
                     tokenizer_checkpoint_sha256=sha256_file(tokenizer_path()),
                     low_tokenizer_checkpoint_sha256=sha256_file(T.checkpoint_path(low_name)),
+                    low_res_token_cache=f"artifacts/tokens/{low_name}/{TOK.FILE}",
                     high_res_images="lib.data.render.colourise(scale=super_res.scale) of the same Fashion-MNIST "
                                     "garments, colours and patterns",
                     training=common | {"seconds": round(t_train, 1), "tokenizer_seconds": round(t_tok, 1),
-                                       "tokenize_seconds": round(t_tokenize, 1),
+                                       "tokenize_seconds": round(t_tokenize, 1),  # the renders only (low-res: token cache)
                                        "text_encoder": "frozen all-MiniLM-L6-v2 token features (cross-attention)"})
     print(write_metrics(metrics_path(), metrics, prov))
     return 0

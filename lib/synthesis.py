@@ -48,15 +48,31 @@ def masked_logits_fn(model, cond, guidance: float | Callable[[int], float] = 0.0
     from .generation import Condition
     from .sampling import ClassifierFreeGuidance
 
+    # The condition is the same at every step: embed it (and, with cross-attention, its text
+    # keys/values) once per batch size, not once per step (MaskedTokenTransformer.encode_condition).
+    caches: dict[int, Any] = {}
+    encode = getattr(model, "encode_condition", None)
+
+    def call(tokens: torch.Tensor, c) -> torch.Tensor:
+        if encode is None:
+            return model(tokens, c)
+        b = tokens.shape[0]
+        if b not in caches:
+            caches[b] = encode(c, b)
+        return model(tokens, c, cache=caches[b])
+
     if (not callable(guidance)) and float(guidance) == 0.0:
-        return lambda tokens: model(tokens, cond)
+        return lambda tokens: call(tokens, cond)
     other = negative
+    both: dict[int, Any] = {}
 
     def batched(tokens2: torch.Tensor) -> torch.Tensor:
         n = tokens2.shape[0] // 2
-        c = cond if cond is not None else Condition.null(n, tokens2.device)
-        u = other if other is not None else _null_like(cond, n, tokens2.device)
-        return model(tokens2, Condition.cat([c, u]))
+        if n not in both:
+            c = cond if cond is not None else Condition.null(n, tokens2.device)
+            u = other if other is not None else _null_like(cond, n, tokens2.device)
+            both[n] = Condition.cat([c, u])
+        return call(tokens2, both[n])
 
     return ClassifierFreeGuidance.from_batched(batched, guidance)
 

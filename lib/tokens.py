@@ -73,10 +73,7 @@ def tokenize_images(tok, images_u8: np.ndarray, batch_size: int = 500, progress:
 
 def build(params: dict, name: str, progress: bool = True) -> Path:
     """Tokenize every split with the trained tokenizer ``name`` and write the cache atomically."""
-    import torch
-
     from . import tokenizers as T
-    from .data.caption_dataset import load_split
     from .models.tokenizer import load_tokenizer
 
     S = params["tokenizers"]
@@ -85,6 +82,17 @@ def build(params: dict, name: str, progress: bool = True) -> Path:
         raise AtelierInputError(f"{ckpt}: tokenizer {name!r} is not trained in this profile "
                                 f"(profiles.{params['profile']}.tokenizers.steps.{name} = {S['steps'].get(name)})")
     tok = load_tokenizer(ckpt, T.tokenizer_config(S, name), disc_ndf=S["disc_ndf"])
+    return write(tok, name, sha256_file(ckpt), progress=progress)
+
+
+def write(tok, name: str, tokenizer_sha256: str, progress: bool = False) -> Path:
+    """Tokenize every split of the caption dataset with ``tok`` (anything with ``tokenize``,
+    ``token_shape`` and ``vocab_size``) and write the cache of tokenizer ``name`` atomically;
+    ``tokenizer_sha256`` is what :func:`load` later checks the tokenizer's checkpoint against."""
+    import torch
+
+    from .data.caption_dataset import load_split
+
     tensors, counts, sources = {}, {}, {}
     for split in SPLITS:
         path = caption_root() / f"{split}.npz"
@@ -94,7 +102,7 @@ def build(params: dict, name: str, progress: bool = True) -> Path:
         counts[split], sources[split] = int(len(images)), sha256_file(path)
     h, w, c = (int(v) for v in tok.token_shape)
     meta = {"arch": {"format": FORMAT, "token_shape": [h, w, c], "vocab_size": int(tok.vocab_size)},
-            "tokenizer": name, "tokenizer_sha256": sha256_file(ckpt), "split_sha256": sources, "counts": counts}
+            "tokenizer": name, "tokenizer_sha256": tokenizer_sha256, "split_sha256": sources, "counts": counts}
     return save_checkpoint(cache_path(name), tensors, meta)
 
 

@@ -772,7 +772,6 @@ def run_generator(P: Mapping[str, Any], progress: bool = True) -> dict:
     Q-Former, starting from the trained text-to-image model; caches the train images' tokens for
     phase 2's Eq. 12. Metrics: held-out masked-token accuracy from each image's own queries, beside
     the same model with the null condition (what the queries add)."""
-    from .generators import tokenize_images
     from .io import save_checkpoint
     from .provenance import write_metrics
     from .retrieval.query_generation import QueryAdapter, QueryGenerator, train_query_generator
@@ -783,9 +782,10 @@ def run_generator(P: Mapping[str, Any], progress: bool = True) -> dict:
     ws = Workspace.load(P)
     torch.manual_seed(ws.seed)
     qformer = load_trained("phase1")
-    model, tok, _ = generation_backbone(P, R)
+    model, _, _ = generation_backbone(P, R)
     t0 = time.perf_counter()
-    tokens = tokenize_images(tok, ws.arrays["train"]["images"][ws.train_rows], progress=progress)
+    cache = backbone_tokens(P, R)
+    tokens = split_tokens(cache, ws, "train")[torch.from_numpy(np.asarray(ws.train_rows))]
     save_checkpoint(train_tokens_path(), {"tokens": tokens}, {"arch": {"name": "token_grids", "rows": "selection.json rows.train, in order",
                                                                       "tokenizer": P["generation"]["models"][G["model"]]["tokenizer"]}})
     t_tok = time.perf_counter() - t0
@@ -799,8 +799,9 @@ def run_generator(P: Mapping[str, Any], progress: bool = True) -> dict:
                                     progress=progress)
     seconds = time.perf_counter() - t0
     write_loss_curve(history, loss_path("generator"), every=max(1, len(history) // 300))
-    heldout = query_generation_heldout(qformer, qgen, tok, ws, n=min(500, int(R["cmr_images"])), seed=ws.seed)
-    metrics = {"steps": steps, "seconds": round(seconds, 1), "tokenize_seconds": round(t_tok, 1),
+    heldout = query_generation_heldout(qformer, qgen, cache, ws, n=min(500, int(R["cmr_images"])), seed=ws.seed)
+    metrics = {"steps": steps, "seconds": round(seconds, 1), "token_cache_load_seconds": round(t_tok, 1),
+               "token_cache": f"artifacts/tokens/{cache.name}/{cache.path.name}",
                "train_images": int(len(tokens)), "backbone": G["model"], "finetune_generator": bool(G["finetune"]),
                "parameters": {"adapter": int(sum(p.numel() for p in qgen.adapter.parameters())),
                               "generator": int(sum(p.numel() for p in qgen.generator.parameters()))},
@@ -811,16 +812,35 @@ def run_generator(P: Mapping[str, Any], progress: bool = True) -> dict:
     return metrics
 
 
+def backbone_tokens(P: Mapping[str, Any], R: Mapping[str, Any]):
+    """The token cache (:mod:`lib.tokens`, stage ``tokens@<tokenizer>``) of the generator backbone's
+    tokenizer: this stage reads tokens, it does not tokenize images itself (issue 15)."""
+    from . import tokenizers as T
+    from . import tokens as TOK
+
+    name = P["generation"]["models"][R["generator"]["model"]]["tokenizer"]
+    return TOK.load(name, tokenizer_checkpoint=T.checkpoint_path(name))
+
+
+def split_tokens(cache, ws: "Workspace", split: str) -> torch.Tensor:
+    """Every image's token grid of ``split``, row-aligned with ``ws.arrays[split]`` (checked)."""
+    tokens = cache[split]
+    if len(tokens) != len(ws.arrays[split]["images"]):
+        raise AtelierInputError(f"{cache.path}: {len(tokens)} {split} token grids for {len(ws.arrays[split]['images'])} "
+                                f"{split} images; run `dvc repro tokens@{cache.name}` again")
+    return tokens
+
+
 @torch.no_grad()
-def query_generation_heldout(qformer, qgen, tok, ws: Workspace, n: int, seed: int, rate: float = 0.5) -> dict:
+def query_generation_heldout(qformer, qgen, cache, ws: Workspace, n: int, seed: int, rate: float = 0.5) -> dict:
     """Masked-token accuracy (mask rate ``rate``) of the first ``n`` ``cmr_split`` images' tokens
-    generated from their own query outputs, and from the null condition (queries dropped)."""
-    from .generators import tokenize_images
+    (from the token ``cache``) generated from their own query outputs, and from the null condition
+    (queries dropped)."""
     from .generation import masked_token_accuracy
 
     split = ws.selection["cmr_split"]
     names = [str(x) for x in ws.arrays[split]["names"][:n]]
-    tokens = tokenize_images(tok, ws.arrays[split]["images"][:n])
+    tokens = split_tokens(cache, ws, split)[:n]
     q = qformer.query_outputs(ws.features_of(split, names).float())
     cfg = qgen.config
     mask = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(seed)) < rate

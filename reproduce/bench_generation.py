@@ -408,6 +408,59 @@ def bench_mfu(model, batch, seed, device, dtype, repeats, peak) -> dict[str, Any
                           "run (model FLOPs utilisation)"}
 
 
+def step_flops(model, rows: int, seed: int, device: torch.device) -> dict[str, int]:
+    """FLOPs of one sampler call of the masked transformer on ``rows`` grids, as the samplers make it
+    (condition embedded once, :meth:`encode_condition`): weight matmuls counted by
+    ``torch.utils.flop_counter.FlopCounterMode``, plus attention score/value products from
+    :func:`transformer_forward_flops` (FlopCounterMode has no formula for the CPU flash-attention
+    kernel, so it counts none of them there)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = model.config
+    tokens = torch.full((rows, cfg.num_positions, cfg.channels), cfg.mask_id, dtype=torch.long, device=device)
+    cond = text_condition(rows, cfg.text_dim, device, seed)
+    if cfg.low_res is not None:
+        lh, lw, lc, lk = cfg.low_res
+        cond.low_res_tokens = torch.zeros(rows, lh * lw, lc, dtype=torch.long, device=device)
+    with torch.no_grad():
+        cache = model.encode_condition(cond, rows)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(tokens, cond, cache=cache)
+    counted = {str(k).replace("aten.", ""): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    matmul = sum(v for k, v in counted.items() if "attention" not in k)
+    attention = transformer_forward_flops(cfg, rows)["attention"]
+    return {"matmul_counted": matmul, "attention_analytic": attention, "total": matmul + attention,
+            "counted_ops": counted}
+
+
+def flop_bounds(models, samplers: dict[str, Any], seed: int, device: torch.device, peak: float) -> dict[str, Any]:
+    """For every masked-transformer sampler at every batch: the seconds its model calls would take
+    at the dense-matmul peak of this run (calls x FLOPs per call / peak), and measured / bound."""
+    cache: dict[tuple[str, int], dict[str, int]] = {}
+    out: dict[str, Any] = {}
+    for batch_key, entry in samplers.items():
+        rows_out = {}
+        for name, row in entry["methods"].items():
+            if name in AR_METHODS:
+                continue
+            key = "super_res" if name == "super_res" else "masked"
+            per_call_rows = int(round(row["rows_per_call"]))
+            if (key, per_call_rows) not in cache:
+                cache[(key, per_call_rows)] = step_flops(models[key], per_call_rows, seed, device)
+            f = cache[(key, per_call_rows)]
+            bound = row["model_calls"] * f["total"] / peak
+            rows_out[name] = {"model_calls": row["model_calls"], "rows_per_call": per_call_rows,
+                              "flops_per_call": f, "bound_seconds": bound,
+                              "measured_seconds": row["seconds"]["median"],
+                              "measured_over_bound": row["seconds"]["median"] / bound}
+        out[batch_key] = rows_out
+    out["definition"] = ("bound_seconds = model calls x FLOPs per call (weight matmuls counted by FlopCounterMode with "
+                         "the condition embedded once, + analytic attention) / the peak dense-matmul FLOP/s measured "
+                         "in this run; sampling ops (softmax, draws, confidence sort) and Python are not in the bound")
+    return out
+
+
 def bench_tokenizers(params, grids, batches, device, dtype, timing, log) -> dict[str, Any]:
     """Encode (encoder + quantizer) and decode (codebook lookup + decoder) images/s of randomly
     initialised tokenizers with the params.yaml architecture: 'vq' (the Muse model's tokens) and
@@ -543,6 +596,14 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             "threshold": 8.0, "per_method": r, "value": min(r.values()), "met": min(r.values()) >= 8.0}
     else:
         out["nar_vs_ar_recompute_16x16_cpu_batch1"] = {"skipped": "needs the 16x16 grid at batch 1 on CPU"}
+    b1 = result["grids"].get("16x16", {}).get("flop_bound", {}).get("batch_1", {}).get("maskgit_12")
+    if b1 is not None:
+        out["maskgit_12_batch1_16x16_vs_flop_bound"] = {
+            "target": "MaskGIT 12 steps at 16x16, batch 1: measured latency within 2x of its FLOP bound (same run)",
+            "threshold": 2.0, "bound_seconds": b1["bound_seconds"], "measured_seconds": b1["measured_seconds"],
+            "value": b1["measured_over_bound"], "met": b1["measured_over_bound"] <= 2.0}
+    else:
+        out["maskgit_12_batch1_16x16_vs_flop_bound"] = {"skipped": "needs the 16x16 grid at batch 1"}
     mfu = {k: g["mfu"]["mfu"] for k, g in result["grids"].items() if "mfu" in g}
     if mfu:
         out["mfu_large_batch"] = {"target": "transformer forward at the large batch >= 50% of measured matmul FLOP/s",
@@ -635,6 +696,11 @@ def run(profile: str, out: Path | None = None, *, device: str | None = None, dty
         g: dict[str, Any] = {"token_shape": [grid, grid, 1],
                              "parameters": {k: int(sum(p.numel() for p in m.parameters())) for k, m in models.items()}}
         g["samplers"] = bench_samplers(models, batches, settings, seed, dev, dt, timing, log)
+        g["flop_bound"] = flop_bounds(models, g["samplers"], seed, dev, matmul["peak_flop_per_s"])
+        if "maskgit_12" in g["flop_bound"].get("batch_1", {}):
+            b1 = g["flop_bound"]["batch_1"]["maskgit_12"]
+            log(f"  MaskGIT 12 steps, batch 1: {b1['measured_seconds'] * 1e3:.1f} ms vs FLOP bound "
+                f"{b1['bound_seconds'] * 1e3:.1f} ms ({b1['measured_over_bound']:.2f}x)")
         g["mfu"] = bench_mfu(models["masked"], batches[-1], seed, dev, dt, prof["mfu_repeats"],
                              matmul["peak_flop_per_s"])
         log(f"  MFU at batch {batches[-1]}: {g['mfu']['mfu']:.1%} ({g['mfu']['flop_per_s'] / 1e9:.1f} GFLOP/s)")

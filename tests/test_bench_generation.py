@@ -129,7 +129,40 @@ def test_tokenizer_retrieval_and_breakdown_sections(smoke):
         assert math.isclose(sum(b["shares"].values()), 1.0, rel_tol=1e-12)
 
 
+def test_flop_bound_is_calls_times_counted_flops_over_the_peak(smoke):
+    peak = smoke["matmul"]["peak_flop_per_s"]
+    bounds = smoke["grids"]["8x8"]["flop_bound"]
+    for batch_key, rows in ((k, v) for k, v in bounds.items() if k.startswith("batch_")):
+        methods = smoke["grids"]["8x8"]["samplers"][batch_key]["methods"]
+        assert set(rows) == set(methods) - set(B.AR_METHODS)
+        for name, r in rows.items():
+            f = r["flops_per_call"]
+            assert f["total"] == f["matmul_counted"] + f["attention_analytic"] > 0
+            assert r["model_calls"] == methods[name]["model_calls"]
+            assert _close(r["bound_seconds"], r["model_calls"] * f["total"] / peak)
+            assert _close(r["measured_over_bound"], methods[name]["seconds"]["median"] / r["bound_seconds"])
+    # the batched CFG pass makes each call on 2B rows: twice the FLOPs of a plain MaskGIT call
+    b4 = bounds["batch_4"]
+    assert b4["muse_cfg_batched"]["rows_per_call"] == 8 and b4["maskgit_12"]["rows_per_call"] == 4
+    assert b4["muse_cfg_batched"]["flops_per_call"]["total"] == 2 * b4["maskgit_12"]["flops_per_call"]["total"]
+    assert "skipped" in smoke["targets"]["maskgit_12_batch1_16x16_vs_flop_bound"]
+
+
 # -- the FLOP model and the helpers, without a benchmark run --------------------------------------
+def test_step_flops_count_the_weight_matmuls_without_the_cached_text():
+    from lib.generation import MaskedTokenTransformer, TransformerConfig
+
+    cfg = TransformerConfig(grid_h=4, grid_w=4, channels=1, codebook_size=64, max_text_len=B.TEXT_LEN,
+                            text_mode="cross_attention", **TINY)
+    model = MaskedTokenTransformer(cfg).eval()
+    f = B.step_flops(model, 3, 0, torch.device("cpu"))
+    full = B.transformer_forward_flops(cfg, 3)
+    # encode_condition ran the text projection and every block's cross-attention K/V once, outside
+    text_once = 2 * 3 * B.TEXT_LEN * cfg.text_dim * cfg.dim + cfg.depth * 4 * 3 * B.TEXT_LEN * cfg.dim * cfg.dim
+    assert f["matmul_counted"] == full["linear"] - text_once
+    assert f["attention_analytic"] == full["attention"]
+
+
 @pytest.mark.parametrize("overrides", [
     dict(grid_h=8, grid_w=8, channels=1, text_mode="cross_attention"),
     dict(grid_h=16, grid_w=16, channels=1, text_mode="cross_attention", low_res=(8, 8, 1, 64)),  # super-res

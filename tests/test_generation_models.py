@@ -61,6 +61,25 @@ def test_masked_model_shapes_for_every_text_mode_channel_count_visual_and_super_
     assert model.num_parameters() == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("text_mode", ["none", "cross_attention", "in_sequence"])
+def test_condition_cache_gives_the_same_logits_and_checks_its_batch(text_mode):
+    batch = 3
+    cfg = _config(text_mode=text_mode, max_visual_tokens=6, low_res=(2, 2, 3, 8))
+    model = MaskedTokenTransformer(cfg).eval()
+    text, text_mask = _text(batch) if text_mode != "none" else (None, None)
+    cond = Condition(text_tokens=text, text_mask=text_mask, low_res_tokens=torch.randint(0, 8, (batch, 4, 3)),
+                     drop=torch.tensor([False, True, False]) if text_mode != "none" else None,
+                     **_visual_condition(torch.randint(0, K, (batch, N, 2))))
+    cache = model.encode_condition(cond, batch)
+    assert (cache.memory_kv is not None) == (text_mode == "cross_attention")
+    with torch.no_grad():
+        for seed in range(3):  # one cache serves every decoding step
+            tokens = torch.randint(0, K + 1, (batch, N, 2), generator=torch.Generator().manual_seed(seed))
+            assert torch.allclose(model(tokens, cond, cache=cache), model(tokens, cond), atol=1e-6)
+    with pytest.raises(AtelierInputError, match="ConditionCache of a batch of 2"):
+        model(tokens[:2], cond, cache=cache)
+
+
 def test_plain_models_take_no_condition_and_refuse_foreign_inputs():
     model = MaskedTokenTransformer(_config(text_mode="none"))
     tokens = torch.randint(0, K + 1, (2, N, 2))

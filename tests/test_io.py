@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from lib.io import AtelierInputError, atomic_path, atomic_write_json, load_checkpoint, read_json, save_checkpoint
+from lib.paths import repo_root
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -43,3 +46,20 @@ def test_read_json_errors_name_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(AtelierInputError, match=r"bad\.json: not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_metrics_json_names_repository_files_relative_to_the_repo(tmp_path):
+    from lib.provenance import portable_paths, write_metrics
+
+    root = repo_root()
+    inside = str(root / "artifacts" / "cache" / "fid_stats" / "ref.npz")
+    doc = {"a": inside, "nested": [{"ckpt": str(root / "artifacts/generators/muse/model.safetensors")}, 3],
+           "outside": "/usr/share/dataset/x.gz", "near_miss": str(root) + "_other/file", "text": "a /work path"}
+    out = portable_paths(doc, root)
+    assert out["a"] == "artifacts/cache/fid_stats/ref.npz"
+    assert out["nested"] == [{"ckpt": "artifacts/generators/muse/model.safetensors"}, 3]
+    assert out["outside"] == doc["outside"] and out["near_miss"] == doc["near_miss"] and out["text"] == doc["text"]
+    path = write_metrics(tmp_path / "m.json", {"fid": 1.0}, {"reference_cache": inside})
+    written = json.loads(path.read_text())
+    assert written["provenance"]["reference_cache"] == "artifacts/cache/fid_stats/ref.npz"
+    assert written["metrics"] == {"fid": 1.0} and "peak_rss_mb" in written["provenance"]

@@ -189,6 +189,28 @@ def test_gumbel_noise_is_finite_and_standard():
     assert abs(float(g.var()) - math.pi ** 2 / 6) < 0.1
 
 
+def test_sample_categorical_matches_the_softmax_and_never_draws_minus_inf():
+    from lib.sampling.base import sample_categorical
+
+    logits = torch.tensor([0.0, math.log(3.0), float("-inf"), math.log(6.0)])  # p = 0.1, 0.3, 0, 0.6
+    n = 20000
+    draws = sample_categorical(logits.expand(n, 4), 1.0, torch.Generator().manual_seed(0))
+    assert draws.shape == (n,) and draws.dtype == torch.long
+    freq = torch.bincount(draws, minlength=4).float() / n
+    assert freq[2] == 0
+    # 4 standard errors of a binomial share at n = 20000 is < 0.015
+    assert torch.allclose(freq, torch.tensor([0.1, 0.3, 0.0, 0.6]), atol=0.015), freq
+    # temperature 2 flattens: p ~ sqrt of the above, renormalised
+    hot = sample_categorical(logits.expand(n, 4), 2.0, torch.Generator().manual_seed(1))
+    want = torch.tensor([0.1, 0.3, 0.0, 0.6]).sqrt()
+    assert torch.allclose(torch.bincount(hot, minlength=4).float() / n, want / want.sum(), atol=0.015)
+    # a row whose only finite logit is the last entry always draws it (the u < total guard)
+    last = torch.full((64, 5), float("-inf"))
+    last[:, -1] = 0.0
+    assert bool((sample_categorical(last, 1.0, torch.Generator().manual_seed(2)) == 4).all())
+    assert sample_categorical(logits.expand(2, 3, 4), 0.0).tolist() == [[3, 3, 3], [3, 3, 3]]
+
+
 def test_maskgit_reveals_the_most_confident_entries():
     b, n, c = 2, 30, 2
     logits = torch.randn(b, n, c, K, generator=gen(41)) * 3

@@ -22,12 +22,12 @@ from .masking import (COMBINATION_PROBS_PRINTED, COMBINATION_PROBS_PROSE, COMBIN
                       boxes_to_grid, m6_mask, mask_rate, random_boxes, random_mask, sample_combinations,
                       sample_mask_rates, visual_crops)
 from .train import load_generator, lr_factor, train_autoregressive, train_masked
-from .transformer import MaskedTokenTransformer, TransformerConfig, masked_token_accuracy, masked_token_loss
+from .transformer import ConditionCache, MaskedTokenTransformer, TransformerConfig, masked_token_accuracy, masked_token_loss
 
 __all__ = [
     "ARTransformer", "DecodeState", "Condition", "TextFeatureTable", "class_text_table",
     "COMBINATIONS", "COMBINATION_PROBS_PROSE", "COMBINATION_PROBS_PRINTED", "STRATEGIES", "STRATEGY_PROBS",
     "boxes_to_grid", "m6_mask", "mask_rate", "random_boxes", "random_mask", "sample_combinations",
     "sample_mask_rates", "visual_crops", "load_generator", "lr_factor", "train_autoregressive", "train_masked",
-    "MaskedTokenTransformer", "TransformerConfig", "masked_token_accuracy", "masked_token_loss",
+    "ConditionCache", "MaskedTokenTransformer", "TransformerConfig", "masked_token_accuracy", "masked_token_loss",
 ]

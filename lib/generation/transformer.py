@@ -258,13 +258,18 @@ class MaskedTokenTransformer(nn.Module):
             raise AtelierInputError("cond.low_res_tokens given to a model without low_res")
 
     # -- forward ----------------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+    def encode_condition(self, cond: Condition | None, batch: int) -> "ConditionCache":
+        """Everything of one forward that depends on ``cond`` only: the embedded prefix with its key
+        mask, and every block's cross-attention keys/values of the projected text.
+
+        Iterative decoding calls the model 8-24 times with the same condition; passing the result
+        as ``forward(..., cache=)`` skips re-embedding it every step, as production Muse samplers
+        cache the text keys/values (Muse Sec. 2.3 cross-attention; issue 15). Same numbers as
+        recomputing them (the same modules on the same inputs).
+        """
         c = self.config
-        batch = tokens.shape[0] if tokens.dim() == 3 else -1
-        _check_ids("tokens", tokens, (batch, c.num_positions, c.channels), c.codebook_size + 1)
         self._check_condition(cond, batch)
-        device = tokens.device
-        x = self.embed(tokens) + self.pos(torch.arange(c.num_positions, device=device))
+        device = self.pos.row.weight.device
         parts, masks = [], []
         if c.low_res is not None:
             p, m = self._low_res_prefix(cond, batch)
@@ -272,24 +277,58 @@ class MaskedTokenTransformer(nn.Module):
         if c.max_visual_tokens > 0 and cond is not None and cond.visual_tokens is not None:
             p, m = self._visual_prefix(cond, batch)
             parts.append(p), masks.append(m)
-        memory = memory_mask = None
+        memory_kv = memory_mask = None
         if c.text_mode == "cross_attention":
             memory, memory_mask = self.text(cond, batch)
+            memory_kv = [block.cross.keys_values(memory) for block in self.blocks]
         elif c.text_mode == "in_sequence":
             p, m = self.text(cond, batch)
             parts += [p, self.eot.expand(batch, 1, -1)]
             masks += [m, torch.ones(batch, 1, dtype=torch.bool, device=device)]
-        key_mask = None
+        prefix = key_mask = None
         if parts:
-            x = torch.cat(parts + [x], 1)
+            prefix = torch.cat(parts, 1)
             key_mask = torch.cat(masks + [torch.ones(batch, c.num_positions, dtype=torch.bool, device=device)], 1)
             if bool(key_mask.all()):
                 key_mask = None  # nothing padded: let attention take its unmasked fast path
+        return ConditionCache(batch=batch, prefix=prefix, key_mask=key_mask, memory_kv=memory_kv,
+                              memory_mask=memory_mask)
+
+    def forward(self, tokens: torch.Tensor, cond: Condition | None = None, *,
+                cache: "ConditionCache | None" = None) -> torch.Tensor:
+        """Logits ``[B, N, C, K]``; ``cache`` (from :meth:`encode_condition` of the same ``cond``)
+        replaces ``cond``'s embedding."""
+        c = self.config
+        batch = tokens.shape[0] if tokens.dim() == 3 else -1
+        _check_ids("tokens", tokens, (batch, c.num_positions, c.channels), c.codebook_size + 1)
+        if cache is None:
+            cache = self.encode_condition(cond, batch)
+        elif not isinstance(cache, ConditionCache) or cache.batch != batch:
+            raise AtelierInputError(f"cache must be the ConditionCache of a batch of {batch} "
+                                    f"(model.encode_condition(cond, {batch})), got "
+                                    f"{getattr(cache, 'batch', type(cache).__name__)}")
+        x = self.embed(tokens) + self.pos(torch.arange(c.num_positions, device=tokens.device))
+        if cache.prefix is not None:
+            x = torch.cat([cache.prefix, x], 1)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, key_mask=key_mask, memory=memory, memory_mask=memory_mask)
+        kvs = cache.memory_kv if cache.memory_kv is not None else [None] * len(self.blocks)
+        for block, kv in zip(self.blocks, kvs):
+            x = block(x, key_mask=cache.key_mask, memory_mask=cache.memory_mask, memory_kv=kv)
         x = self.norm(x[:, -c.num_positions:])
         return self.head(x).view(batch, c.num_positions, c.channels, c.codebook_size)
+
+
+@dataclass
+class ConditionCache:
+    """What :meth:`MaskedTokenTransformer.encode_condition` computed for one condition and batch:
+    ``prefix [B, P, dim]`` (None without one), its ``key_mask [B, P + N]`` (None = nothing padded),
+    per-block cross-attention ``memory_kv`` (None without cross-attention) and ``memory_mask``."""
+
+    batch: int
+    prefix: torch.Tensor | None
+    key_mask: torch.Tensor | None
+    memory_kv: list | None
+    memory_mask: torch.Tensor | None
 
 
 def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,

@@ -133,16 +133,20 @@ class _TokenizerWithCritic(nn.Module):
 def train_tokenizer(tokenizer: Tokenizer, images: torch.Tensor, ckpt_path: str | Path, *, steps: int,
                     batch_size: int = 64, lr: float = 4e-4, seed: int = 0, perceptual_weight: float = 0.1,
                     gan_weight: float = 0.1, gan_start: int | None = None, disc_ndf: int = 32,
-                    device: str = "cpu", progress: bool = True, perceptual: PerceptualLoss | None = None):
+                    device: str = "cpu", progress: bool = True, perceptual: PerceptualLoss | None = None,
+                    channels_last: bool = False):
     """Train (or resume) with the VQGAN objective: L1 + perceptual (EfficientNet-Lite0 stand-in for
     LPIPS) + quantizer loss + hinge GAN from ``gan_start`` with the adaptive weight (VQGAN Eq. 7).
 
     ``images``: float ``[N,3,H,W]`` in [-1, 1] (held in memory; the batch of each step is drawn
-    from the step number, so resume is exact). Returns the loss history.
+    from the step number, so resume is exact). ``channels_last``: NHWC memory layout for every conv
+    net of the step (a speed choice only: the same computation up to float round-off). Returns the
+    loss history.
     """
     gan_start = steps // 2 if gan_start is None else gan_start
-    both = _TokenizerWithCritic(tokenizer, disc_ndf).to(device)
-    perceptual = (perceptual or PerceptualLoss()).to(device) if perceptual_weight > 0 else None
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    both = _TokenizerWithCritic(tokenizer, disc_ndf).to(device, memory_format=fmt)
+    perceptual = (perceptual or PerceptualLoss()).to(device, memory_format=fmt) if perceptual_weight > 0 else None
     # One Adam over both: each backward below fills only one side's grads (the other is None), and
     # Adam skips parameters without grads, so this equals two optimizers with separate steps.
     opt = torch.optim.Adam(both.parameters(), lr=lr, betas=(0.5, 0.9))
@@ -151,7 +155,7 @@ def train_tokenizer(tokenizer: Tokenizer, images: torch.Tensor, ckpt_path: str |
 
     def step_fn(step: int) -> dict:
         idx = batch_indices(len(images), batch_size, step, seed)
-        x = images[idx].to(device)
+        x = images[idx].to(device).contiguous(memory_format=fmt)
         recon, q = both.tokenizer(x)
         rec = F.l1_loss(recon, x)
         nll = rec + (perceptual_weight * perceptual(recon, x) if perceptual is not None else 0.0)

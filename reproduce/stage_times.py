@@ -1,0 +1,152 @@
+"""Wall time of every stage of one ``dvc repro``: run it, pass its output through, and record when
+DVC starts each stage (issue 15: "record the wall time of every stage of that run in a JSON").
+
+DVC prints ``Running stage 'NAME':`` before a stage's command and ``Stage 'NAME' didn't change,
+skipping`` for an up-to-date one; a stage ends where the next event (or the run) ends. The JSON
+is rewritten atomically at every event, so an interrupted run still leaves the stages it finished.
+
+    python reproduce/stage_times.py --profile default [--out PATH] [--started EPOCH] -- dvc repro [ARGS]
+
+``--started``: when the whole run began (``reproduce/run`` passes its start, so environment and
+data set-up count in ``total_seconds``). Default output: ``results/timing/<profile>.json``, except
+the smoke profile's, which goes to ``artifacts/timing/smoke.json`` (a smoke run leaves the committed
+results alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lib.io import AtelierInputError, atomic_write_json  # noqa: E402
+
+RUNNING = re.compile(r"Running stage '([^']+)'")
+SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
+CHECKED_OUT = re.compile(r"Stage '([^']+)' is cached - skipping run, checking out outputs")
+
+
+def default_out(profile: str) -> Path:
+    return ROOT / ("artifacts" if profile == "smoke" else "results") / "timing" / f"{profile}.json"
+
+
+class StageClock:
+    """Turns DVC's log lines into per-stage wall times (``clock`` is injectable for tests)."""
+
+    def __init__(self, profile: str, command: list[str], started: float | None = None, clock=time.time):
+        self.clock = clock
+        now = clock()
+        self.doc: dict[str, Any] = {
+            "profile": profile, "command": command,
+            "run_started": _iso(started if started is not None else now), "repro_started": _iso(now),
+            "setup_seconds": round(now - started, 1) if started is not None else 0.0,
+            "stages": [], "finished": None, "returncode": None,
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "git_revision": _git_revision(),
+            "definition": ("seconds: from DVC's 'Running stage' line of a stage to the next stage event or the end "
+                           "of dvc repro (command, then DVC hashing and caching its outputs); skipped stages "
+                           "(unchanged) cost only DVC's check"),
+        }
+        self.started = started if started is not None else now
+        self.repro_started = now
+
+    def feed(self, line: str) -> bool:
+        """Record the stage event of ``line``, if any; returns whether there was one."""
+        for pattern, status in ((RUNNING, "ran"), (SKIPPED, "skipped"), (CHECKED_OUT, "checked out")):
+            m = pattern.search(line)
+            if m:
+                self._close()
+                self.doc["stages"].append({"stage": m.group(1), "status": status, "offset_seconds":
+                                           round(self.clock() - self.repro_started, 1), "seconds": None})
+                return True
+        return False
+
+    def _close(self) -> None:
+        if self.doc["stages"] and self.doc["stages"][-1]["seconds"] is None:
+            last = self.doc["stages"][-1]
+            last["seconds"] = round(self.clock() - self.repro_started - last["offset_seconds"], 1)
+
+    def finish(self, returncode: int) -> dict[str, Any]:
+        self._close()
+        if returncode and self.doc["stages"] and self.doc["stages"][-1]["status"] == "ran":
+            self.doc["stages"][-1]["status"] = "failed"
+        now = self.clock()
+        ran = [s for s in self.doc["stages"] if s["status"] == "ran"]
+        self.doc.update(finished=_iso(now), returncode=returncode, repro_seconds=round(now - self.repro_started, 1),
+                        total_seconds=round(now - self.started, 1), stages_ran=len(ran),
+                        stage_seconds_ran=round(sum(s["seconds"] for s in ran), 1))
+        return self.doc
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_revision() -> str:
+    try:
+        from lib.provenance import git_revision
+
+        return git_revision()
+    except Exception:  # noqa: BLE001 - timing must not fail for want of git
+        return "unknown"
+
+
+def run(command: list[str], profile: str, out: Path, started: float | None = None,
+        lines: Iterable[str] | None = None) -> int:
+    """Run ``command`` (or, for tests, consume ``lines``), echo its stdout, write the JSON at ``out``."""
+    if not command and lines is None:
+        raise AtelierInputError("stage_times: no command given (put it after --, e.g. -- dvc repro)")
+    clock = StageClock(profile, command, started)
+    if lines is not None:
+        for line in lines:
+            if clock.feed(line):
+                atomic_write_json(out, clock.doc)
+        atomic_write_json(out, clock.finish(0))
+        return 0
+    # stdout only is piped (DVC's log and the stages' prints); stderr (progress bars) stays live
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if clock.feed(line):
+                atomic_write_json(out, clock.doc)
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        code = proc.wait()
+    atomic_write_json(out, clock.finish(code))
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--started", type=float, default=None, help="epoch seconds when the whole run began")
+    args = ap.parse_args(argv)
+    out = args.out or default_out(args.profile)
+    code = run(command, args.profile, out, args.started)
+    print(f"[atelier] stage wall times: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
