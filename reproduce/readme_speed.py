@@ -8,7 +8,10 @@ The block between ``<!-- speed:begin -->`` and ``<!-- speed:end -->`` is generat
 names the JSON's sha256, and ``tests/test_readme_speed.py`` re-renders it from that JSON whenever
 the file in the tree has that hash. After ``dvc repro bench_generation`` on another machine the hash
 differs; run this script to refresh the README. The training block (``<!-- training:begin -->`` ...
-``<!-- training:end -->``) is rendered the same way from ``results/bench/training.json``.
+``<!-- training:end -->``) is rendered the same way from ``results/bench/training.json``, and the
+run-time block (``<!-- timing:begin -->`` ... ``<!-- timing:end -->``) from the per-stage wall times
+of the last default ``reproduce/run`` (``results/timing/default.json``, reproduce/stage_times.py),
+and the claims count (``<!-- claims:begin -->``) from ``results/09_claims/claims.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 JSON_PATH = Path("results/bench/generation.json")
 TRAIN_BEGIN, TRAIN_END = "<!-- training:begin -->", "<!-- training:end -->"
 TRAIN_JSON_PATH = Path("results/bench/training.json")
+TIMING_BEGIN, TIMING_END = "<!-- timing:begin -->", "<!-- timing:end -->"
+CLAIMS_BEGIN, CLAIMS_END = "<!-- claims:begin -->", "<!-- claims:end -->"
+CLAIMS_JSON_PATH = Path("results/09_claims/claims.json")
+TIMING_JSON_PATH = Path("results/timing/default.json")
 TRAIN_PHASES = ("data", "forward", "perceptual", "gan_g", "backward", "optimizer", "gan_d")
 METHODS = [("ar_recompute", "AR, prefix recomputed (Taming's sampler)"), ("ar_kv_cache", "AR, KV cache"),
            ("maskgit_8", "MaskGIT, 8 steps"), ("maskgit_12", "MaskGIT, 12 steps"), ("smart_T10", "SMART, T=10"),
@@ -98,6 +105,52 @@ def render_training(doc: dict[str, Any], sha256: str) -> str:
     return "\n".join(lines)
 
 
+def stage_group(stage: str) -> str:
+    """``tokenizer@vq`` -> ``tokenizer``: DVC's foreach stages grouped by their stage name."""
+    return stage.split("@", 1)[0]
+
+
+def render_timing(doc: dict[str, Any], sha256: str, top: int = 8) -> str:
+    """The Markdown block for one ``stage_times.py`` JSON: total wall time, per stage group, slowest stages."""
+    ran = [s for s in doc["stages"] if s["status"] in ("ran", "failed") and s["seconds"] is not None]
+    groups: dict[str, list[float]] = {}
+    for s in ran:
+        groups.setdefault(stage_group(s["stage"]), []).append(s["seconds"])
+    done = doc.get("finished") is not None
+    skipped = sum(1 for s in doc["stages"] if s["status"] != "ran")
+    state = (f"finished with exit code {doc['returncode']}" if done else "**interrupted** (stages so far)")
+    lines = [f"Wall time of the last default `reproduce/run`, from [`{TIMING_JSON_PATH}`]({TIMING_JSON_PATH}) "
+             f"(sha256 `{sha256[:16]}`; git `{str(doc.get('git_revision'))[:8]}`, started {doc['run_started']}, "
+             f"{doc.get('cpu_count')} CPUs, load average at start "
+             f"{(doc.get('load_average_at_start') or [float('nan')])[0]:.2f}): "
+             f"**{(doc.get('total_seconds') or 0) / 60:.0f} min** in all, {state}; {len(ran)} stages ran, "
+             f"{skipped} were up to date (skipped).", "",
+             "| stage group | stages run | minutes | share |", "|---|---:|---:|---:|"]
+    total = sum(sum(v) for v in groups.values()) or 1.0
+    for g, secs in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
+        lines.append(f"| {g} | {len(secs)} | {sum(secs) / 60:.1f} | {100 * sum(secs) / total:.0f}% |")
+    slow = sorted(ran, key=lambda s: -s["seconds"])[:top]
+    lines += ["", "Slowest stages: " + ", ".join(f"`{s['stage']}` {s['seconds'] / 60:.1f} min" for s in slow) + "."]
+    return "\n".join(lines)
+
+
+def render_claims(doc: dict[str, Any], sha256: str) -> str:
+    """The README's one-paragraph summary of the claims ledger (counts per verdict and per paper)."""
+    m, prov = doc["metrics"], doc.get("provenance", {})
+    s = m["summary"]
+    papers: dict[str, dict[str, int]] = {}
+    for r in m["claims"]:
+        papers.setdefault(r["paper"], {}).setdefault(r["verdict"], 0)
+        papers[r["paper"]][r["verdict"]] += 1
+    per = "; ".join(f"{p}: " + ", ".join(f"{n} {v}" for v, n in sorted(c.items())) for p, c in papers.items())
+    return (f"Claims ledger, from [`{CLAIMS_JSON_PATH}`]({CLAIMS_JSON_PATH}) (sha256 `{sha256[:16]}`; profile "
+            f"`{prov.get('profile')}`, git `{str(prov.get('git_revision'))[:8]}`): of {m['num_claims']} relative claims "
+            f"of the four papers, **{s['holds']} hold, {s['reversed']} are reversed, {s['inconclusive']} are "
+            f"inconclusive and {s['under-trained']} are under-trained** at our scale ({per}). Verdicts are computed "
+            f"by `lib/claims.py` from the ledger `reproduce/claims.yaml`; `notebooks/09_claims.ipynb` shows each "
+            f"claim with both sides, the interval and the paper's numbers.")
+
+
 def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ValueError(f"README.md must contain one {begin} ... {end} block")
@@ -122,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     parser.add_argument("--json", type=Path, default=ROOT / JSON_PATH)
     parser.add_argument("--training-json", type=Path, default=ROOT / TRAIN_JSON_PATH)
+    parser.add_argument("--timing-json", type=Path, default=ROOT / TIMING_JSON_PATH)
+    parser.add_argument("--claims-json", type=Path, default=ROOT / CLAIMS_JSON_PATH)
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args(argv)
     try:
@@ -133,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     text = args.readme.read_text()
     new = replace_block(text, render(doc, sha))
     new = replace_block(new, render_training(tdoc, tsha), TRAIN_BEGIN, TRAIN_END)
+    if args.timing_json.is_file():  # absent until a default reproduce/run has been timed
+        rdoc, rsha = load(args.timing_json)
+        new = replace_block(new, render_timing(rdoc, rsha), TIMING_BEGIN, TIMING_END)
+    if args.claims_json.is_file():  # absent until the claims stage has run
+        cdoc, csha = load(args.claims_json)
+        new = replace_block(new, render_claims(cdoc, csha), CLAIMS_BEGIN, CLAIMS_END)
     if args.check:
         if new != text:
             print(f"{args.readme}: speed block is out of date; run reproduce/readme_speed.py", file=sys.stderr)

@@ -7,6 +7,10 @@ is rewritten atomically at every event, so an interrupted run still leaves the s
 
     python reproduce/stage_times.py --profile default [--out PATH] [--started EPOCH] -- dvc repro [ARGS]
 
+The command runs in its own process group, which is killed when this wrapper is stopped (SIGINT,
+SIGTERM, SIGHUP) or killed (SIGKILL: a watcher process notices and kills the group), so no stage
+outlives the run that started it.
+
 ``--started``: when the whole run began (``reproduce/run`` passes its start, so environment and
 data set-up count in ``total_seconds``). Default output: ``results/timing/<profile>.json``, except
 the smoke profile's, which goes to ``artifacts/timing/smoke.json`` (a smoke run leaves the committed
@@ -19,6 +23,7 @@ import argparse
 import datetime as dt
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -114,8 +119,12 @@ def run(command: list[str], profile: str, out: Path, started: float | None = Non
                 atomic_write_json(out, clock.doc)
         atomic_write_json(out, clock.finish(0))
         return 0
-    # stdout only is piped (DVC's log and the stages' prints); stderr (progress bars) stays live
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1)
+    # stdout only is piped (DVC's log and the stages' prints); stderr (progress bars) stays live.
+    # The command gets its own process group, which dies with this process (issue 18: a killed
+    # `dvc repro` used to leave its stage's papermill running into the outputs a restart rewrites).
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
+    watcher = start_watcher(os.getpid(), proc.pid)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
@@ -125,10 +134,67 @@ def run(command: list[str], profile: str, out: Path, started: float | None = Non
                 atomic_write_json(out, clock.doc)
         code = proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
+        kill_group(proc.pid)
         code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        watcher.terminate()
     atomic_write_json(out, clock.finish(code))
     return code
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM / SIGHUP: stop the stage group like Ctrl-C
+    raise KeyboardInterrupt
+
+
+def kill_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group ``pgid``, then SIGKILL what is left after ``grace`` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# Self-contained (no imports of this module or lib: the watcher must start in milliseconds).
+WATCH = """
+import os, signal, sys, time
+parent, pgid = int(sys.argv[1]), int(sys.argv[2])
+def alive(kill):
+    try:
+        kill()
+        return True
+    except ProcessLookupError:
+        return False
+while alive(lambda: os.killpg(pgid, 0)):
+    if not alive(lambda: os.kill(parent, 0)):
+        alive(lambda: os.killpg(pgid, signal.SIGTERM))
+        for _ in range(50):
+            if not alive(lambda: os.killpg(pgid, 0)):
+                break
+            time.sleep(0.2)
+        alive(lambda: os.killpg(pgid, signal.SIGKILL))
+        break
+    time.sleep(0.5)
+"""
+
+
+def start_watcher(parent: int, pgid: int) -> subprocess.Popen:
+    """A small process that kills group ``pgid`` when ``parent`` disappears -- even by SIGKILL,
+    which ``parent`` itself cannot catch -- and exits when the group is gone."""
+    return subprocess.Popen([sys.executable, "-c", WATCH, str(parent), str(pgid)],
+                            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,3 +57,84 @@ def test_smoke_timing_stays_out_of_the_committed_results_and_a_command_is_requir
     assert ST.default_out("default").parts[-3:] == ("results", "timing", "default.json")
     with pytest.raises(AtelierInputError, match="no command given"):
         ST.run([], "default", tmp_path / "x.json")
+
+
+RS_SPEC = importlib.util.spec_from_file_location("readme_speed", repo_root() / "reproduce" / "readme_speed.py")
+RS = importlib.util.module_from_spec(RS_SPEC)
+RS_SPEC.loader.exec_module(RS)
+
+
+def test_readme_timing_block_sums_stage_groups_and_says_when_a_run_was_interrupted():
+    clock = FakeClock()
+    sc = ST.StageClock("default", ["dvc", "repro"], started=940.0, clock=clock)
+    for t, line in [(0, "Stage 'data' didn't change, skipping"), (1, "Running stage 'tokenizer@vq':"),
+                    (121, "Running stage 'tokenizer@rq':"), (301, "Running stage 'generator@muse':")]:
+        clock.t = 1000.0 + t
+        sc.feed(line)
+    partial = RS.render_timing(sc.doc, "ab" * 32)
+    assert "**interrupted**" in partial and "sha256 `abababababababab`" in partial
+    clock.t = 1000.0 + 541
+    block = RS.render_timing(sc.finish(0), "cd" * 32)
+    # tokenizer: 120 s + 180 s = 5.0 min of 9.0 min run; generator 4.0 min; total with set-up 10 min
+    assert "| tokenizer | 2 | 5.0 | 56% |" in block and "| generator | 1 | 4.0 | 44% |" in block
+    assert "**10 min** in all, finished with exit code 0; 3 stages ran, 1 were up to date" in block
+    assert block.index("`generator@muse` 4.0 min") < block.index("`tokenizer@rq` 3.0 min")
+
+
+def test_readme_timing_block_matches_the_committed_json():
+    path = repo_root() / RS.TIMING_JSON_PATH
+    if not path.is_file():
+        pytest.skip(f"{path}: no default run timed yet (reproduce/run writes it)")
+    doc, sha = RS.load(path)
+    block = RS.current_block((repo_root() / "README.md").read_text(), RS.TIMING_BEGIN, RS.TIMING_END)
+    if f"sha256 `{sha[:16]}`" not in block:
+        pytest.skip("the timing JSON changed since the README was rendered: run reproduce/readme_speed.py")
+    assert block == RS.render_timing(doc, sha), "README run-time block differs from its JSON"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_or_killing_the_wrapper_takes_the_stage_processes_with_it(tmp_path, how):
+    """The way a user meets it: the wrapper runs a 'dvc' whose stage spawns a long-lived child;
+    stop the wrapper (SIGTERM) or kill it outright (SIGKILL) and no stage process survives."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "grandchild.pid"
+    fake_dvc = (f"import subprocess, sys, time; print(\"Running stage 'a':\", flush=True); "
+                f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+                f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
+    wrapper = subprocess.Popen([sys.executable, str(repo_root() / "reproduce" / "stage_times.py"), "--profile",
+                                "default", "--out", str(tmp_path / "t.json"), "--", sys.executable, "-c", fake_dvc],
+                               stdout=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.time() < deadline, "the fake stage never started"
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    assert _alive(grandchild)
+    os.kill(wrapper.pid, getattr(signal, how))
+    wrapper.wait(timeout=30)
+    deadline = time.time() + 20
+    while _alive(grandchild) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(grandchild), f"the stage's child outlived the wrapper ({how})"
+    if how == "SIGTERM":  # a stopped (not killed) run still writes what it timed
+        doc = json.loads((tmp_path / "t.json").read_text())
+        assert doc["returncode"] != 0 and doc["stages"][0]["stage"] == "a"

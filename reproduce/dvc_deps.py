@@ -1,0 +1,170 @@
+"""Check ``dvc.yaml``'s hand-written deps against the code each stage really runs (issue 16).
+
+For every stage: its entry points are read off the command (``python -m lib.X``, ``python
+reproduce/X.py``, every ``notebooks/*.ipynb`` it names); their imports of ``lib`` are followed
+transitively (every ``import`` statement in a file, function-local ones included, relative imports
+resolved, package ``__init__`` files counted); a file of that closure is covered when a dep names it
+or a folder above it. Stage deps with ``${...}`` placeholders never name code, so they are ignored.
+
+    .venv/bin/python reproduce/dvc_deps.py          # list every stage's uncovered files; exit 1 if any
+    .venv/bin/python reproduce/dvc_deps.py --module-level   # only imports that run at import time
+
+While ``lib/`` has import cycles held together by function-local imports (issue 16), the full
+closure of almost every stage is all of ``lib/``; ``--module-level`` is the lower bound.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_CMD = re.compile(r"python -m (lib(?:\.\w+)*)")
+SCRIPT_CMD = re.compile(r"python (reproduce/[\w/]+\.py)")
+NOTEBOOK = re.compile(r"(notebooks/[\w./-]+\.ipynb)")
+
+
+def module_file(name: str, root: Path = ROOT) -> Path | None:
+    """``lib.a.b`` -> ``lib/a/b.py`` or ``lib/a/b/__init__.py`` (relative to ``root``), or None."""
+    base = root.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path.relative_to(root)
+    return None
+
+
+def _package_inits(name: str, root: Path) -> list[Path]:
+    """Importing ``lib.a.b`` runs ``lib/__init__.py`` and ``lib/a/__init__.py`` first."""
+    parts = name.split(".")
+    return [p for i in range(1, len(parts)) if (p := module_file(".".join(parts[:i]), root)) is not None]
+
+
+def _source_of(path: Path, root: Path) -> str:
+    full = root / path
+    if path.suffix == ".ipynb":
+        cells = json.loads(full.read_text())["cells"]
+        code = ("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        # IPython magics and shell escapes are not Python
+        return "\n".join("\n".join(l for l in c.splitlines() if not l.lstrip().startswith(("%", "!"))) for c in code)
+    return full.read_text()
+
+
+def _package_of(path: Path) -> str:
+    """The dotted package a module file's relative imports resolve against."""
+    parts = list(path.with_suffix("").parts)
+    return ".".join(parts[:-1]) if path.suffix == ".py" else ""
+
+
+def _module_level(tree: ast.AST):
+    """The nodes that run when the module is imported (not inside a function body)."""
+    todo = list(ast.iter_child_nodes(tree))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def imported_modules(path: Path, root: Path = ROOT, local: bool = True) -> set[str]:
+    """Every ``lib`` module that ``path`` (a .py or .ipynb) may import: anywhere in the file, or
+    with ``local=False`` only at module level (what importing it runs for sure)."""
+    tree = ast.parse(_source_of(path, root), filename=str(path))
+    package = _package_of(path) if path.parts[0] == "lib" else ""
+    found: set[str] = set()
+    for node in (ast.walk(tree) if local or path.suffix == ".ipynb" else _module_level(tree)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)] if package else []
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            # ``from lib.a import b`` imports the submodule lib.a.b when there is one
+            found.update(f"{mod}.{a.name}" for a in node.names if module_file(f"{mod}.{a.name}", root))
+    return {m for m in found if m == "lib" or m.startswith("lib.")}
+
+
+def import_closure(entries: Iterable[Path], root: Path = ROOT, local: bool = True) -> set[Path]:
+    """Files under ``lib/`` reached from ``entries`` (the entries themselves included); ``local``:
+    follow function-local imports too (see :func:`imported_modules`)."""
+    todo, seen = list(entries), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for mod in imported_modules(path, root, local):
+            for f in [module_file(mod, root), *_package_inits(mod, root)]:
+                if f is not None and f not in seen:
+                    todo.append(f)
+    return seen
+
+
+def stage_entries(cmd: str, root: Path = ROOT) -> list[Path]:
+    out = []
+    for m in MODULE_CMD.finditer(cmd):
+        f = module_file(m.group(1), root)
+        # ``python -m lib.x`` runs lib/x/__main__.py for a package
+        main = root / m.group(1).replace(".", "/") / "__main__.py"
+        out += [p for p in (f, main.relative_to(root) if main.is_file() else None) if p is not None]
+        out += _package_inits(m.group(1), root)
+    out += [Path(m.group(1)) for m in SCRIPT_CMD.finditer(cmd)]
+    out += [Path(m.group(1)) for m in NOTEBOOK.finditer(cmd)]
+    return out
+
+
+def covered(path: Path, deps: Iterable[str]) -> bool:
+    p = path.as_posix()
+    return any(p == d or p.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict]:
+    """name -> {cmd, deps} of every stage (a foreach stage once, by its template)."""
+    doc = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    out = {}
+    for name, st in doc.items():
+        body = st.get("do", st)
+        cmd = body["cmd"] if isinstance(body["cmd"], str) else " ".join(body["cmd"])
+        out[name] = {"cmd": " ".join(cmd.split()), "deps": [d for d in body.get("deps", []) if "${" not in d]}
+    return out
+
+
+def uncovered(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT, local: bool = True) -> dict[str, list[str]]:
+    """stage -> sorted code files of its import closure that its deps do not cover."""
+    result = {}
+    for name, st in stages(dvc_yaml).items():
+        closure = import_closure(stage_entries(st["cmd"], root), root, local)
+        missing = sorted(p.as_posix() for p in closure if not covered(p, st["deps"]))
+        if missing:
+            result[name] = missing
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--module-level", action="store_true",
+                    help="follow only module-level imports (a lower bound while function-local imports remain)")
+    args = ap.parse_args(argv)
+    gaps = uncovered(local=not args.module_level)
+    for name, files in gaps.items():
+        print(f"{name}: {len(files)} file(s) of its code not in its deps")
+        for f in files:
+            print(f"  - {f}")
+    if not gaps:
+        print("every stage's deps cover the code it imports")
+    return 1 if gaps else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

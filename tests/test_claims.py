@@ -1,0 +1,156 @@
+"""lib/claims.py and reproduce/claims.yaml: the ledger parses, names real configurations, and the
+verdict logic gives holds / reversed / inconclusive / under-trained on hand-made rows."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from lib import claims as C
+from lib import params as lib_params
+from lib.io import AtelierInputError
+from lib.paths import repo_root
+
+LEDGER = repo_root() / "reproduce" / "claims.yaml"
+
+
+def _ledger():
+    return C.parse_ledger(yaml.safe_load(LEDGER.read_text()), str(LEDGER))
+
+
+def test_the_ledger_has_at_least_15_claims_of_every_paper_on_configurations_params_defines():
+    claims = _ledger()
+    assert len(claims) >= 15
+    assert {c.paper for c in claims} == set(C.PAPERS)
+    assert C.missing_configs(claims, lib_params.load("default")) == []
+    # and the check can fail: a side naming a configuration params.yaml lacks is reported
+    claims[0].claimed.config = "no_such_model"
+    assert C.missing_configs(claims, lib_params.load("default")) == [
+        f"{claims[0].id}: claimed: kind 'generator' has no config 'no_such_model' in params.yaml generation.models"]
+
+
+def test_every_paper_reference_resolves_in_paper_numbers():
+    pn = yaml.safe_load((repo_root() / "reproduce" / "paper_numbers.yaml").read_text())
+    refs = [(c.id, s.paper) for c in _ledger() for s in (c.claimed, c.baseline) if s.paper is not None]
+    assert len(refs) >= 10
+    for cid, ref in refs:
+        assert isinstance(C.paper_value(pn, ref, cid), float), cid
+
+
+@pytest.mark.parametrize("direction, interval, under, want", [
+    ("higher", (0.5, 2.0), False, "holds"),
+    ("higher", (-2.0, -0.5), False, "reversed"),
+    ("higher", (-0.5, 2.0), False, "inconclusive"),
+    ("lower", (-3.0, -1.0), False, "holds"),       # claimed - baseline < 0: lower, as claimed
+    ("lower", (1.0, 3.0), False, "reversed"),
+    ("lower", (-1.0, 3.0), False, "inconclusive"),
+    ("higher", None, False, "inconclusive"),      # one seed: no interval, no verdict
+    ("higher", (0.5, 2.0), True, "under-trained"),  # a side still improving overrides everything
+])
+def test_verdicts_on_hand_made_rows(direction, interval, under, want):
+    assert C.verdict(direction, interval, under)[0] == want
+
+
+def test_similar_claims_need_the_whole_interval_inside_the_margin():
+    # margin 10% of a baseline of 50: +-5
+    assert C.verdict("similar", (-2.0, 3.0), False, 0.1, 50.0)[0] == "holds"
+    assert C.verdict("similar", (6.0, 9.0), False, 0.1, 50.0)[0] == "reversed"
+    assert C.verdict("similar", (-2.0, 7.0), False, 0.1, 50.0)[0] == "inconclusive"
+
+
+def test_welch_interval_matches_the_textbook_formula():
+    a, b = [10.0, 12.0, 11.0], [8.0, 9.5, 9.0, 8.5]
+    lo, hi = C.welch_interval(a, b)
+    from scipy import stats
+
+    t = stats.ttest_ind(a, b, equal_var=False)
+    ci = t.confidence_interval(0.95)
+    assert math.isclose(lo, ci.low, rel_tol=1e-9) and math.isclose(hi, ci.high, rel_tol=1e-9)
+    assert C.welch_interval([1.0], b) is None
+
+
+def test_still_improving_reads_the_end_of_the_curve():
+    falling = [1.0 / (1 + 0.05 * i) for i in range(200)]   # still ~10% lower over the last quarter
+    flat = [1.0 + 0.01 * math.sin(i) for i in range(200)]
+    assert C.still_improving(falling)["improving"] is True
+    assert C.still_improving(flat)["improving"] is False
+    assert C.still_improving([1.0] * 5)["improving"] is None
+
+
+def _write(root, rel, doc):
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def test_evaluate_reads_every_seed_selects_rows_and_computes_the_verdict(tmp_path):
+    for seed, (a, b) in enumerate([(10.0, 14.0), (11.0, 15.0), (10.5, 13.5)]):
+        _write(tmp_path, f"r/seed{seed}/metrics.json",
+               {"metrics": {"rows": [{"model": "x", "FID": a}, {"model": "y", "FID": b}]}})
+    _write(tmp_path, "r/loss_x.json", [{"step": i, "loss": 1.0} for i in range(100)])
+    row = {"id": "t", "paper": "Muse", "where": "T1", "quote": "q", "metric": "FID", "direction": "lower",
+           "claimed": {"kind": "generator", "config": "x", "label": "X", "file": "r/{seed}/metrics.json",
+                       "path": ["rows", {"model": "x"}, "FID"], "curve": {"file": "r/loss_x.json", "key": "loss"}},
+           "baseline": {"kind": "generator", "config": "y", "label": "Y", "file": "r/{seed}/metrics.json",
+                        "path": ["rows", {"model": "y"}, "FID"]}}
+    (claim,) = C.parse_ledger({"claims": [row]})
+    out = C.evaluate(claim, tmp_path)
+    assert out["seeds"] == {"claimed": 3, "baseline": 3} and out["claimed"]["seeds"] == ["seed0", "seed1", "seed2"]
+    assert math.isclose(out["difference"], 10.5 - 14.166666666666666)
+    assert out["verdict"] == "holds" and out["interval"][1] < 0 and out["point_estimate_agrees"] is True
+    assert out["curves"]["claimed"]["improving"] is False
+    # a missing result is reported, not invented
+    claim.baseline.file = "r/absent.json"
+    missing = C.evaluate(claim, tmp_path)
+    assert missing["verdict"] == "inconclusive" and "no result at r/absent.json" in missing["why"]
+
+
+def test_ledger_errors_name_the_claim_and_the_field():
+    base = {"id": "a", "paper": "Muse", "where": "w", "quote": "q", "metric": "m", "direction": "lower",
+            "claimed": {"kind": "generator", "config": "x", "label": "l", "file": "f", "path": ["k"]},
+            "baseline": {"kind": "generator", "config": "y", "label": "l", "file": "f", "path": ["k"]}}
+    with pytest.raises(AtelierInputError, match=r"claim 'a'.direction: must be one of"):
+        C.parse_ledger({"claims": [{**base, "direction": "better"}]}, "c.yaml")
+    with pytest.raises(AtelierInputError, match=r"claim 'a'.margin: required exactly when direction is 'similar'"):
+        C.parse_ledger({"claims": [{**base, "direction": "similar"}]}, "c.yaml")
+    with pytest.raises(AtelierInputError, match=r"claim 'a' baseline: unknown \['pth'\]"):
+        C.parse_ledger({"claims": [{**base, "baseline": {**base["baseline"], "pth": 1}}]}, "c.yaml")
+    with pytest.raises(AtelierInputError, match="claim id 'a' appears twice"):
+        C.parse_ledger({"claims": [base, base]}, "c.yaml")
+    with pytest.raises(AtelierInputError, match=r"selector \{'model': 'z'\} matches 0 rows"):
+        C.select({"rows": [{"model": "x"}]}, ["rows", {"model": "z"}], "f.json")
+
+
+def _readme_speed():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_speed", repo_root() / "reproduce" / "readme_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_claims_block_counts_the_verdicts_of_the_json():
+    RS = _readme_speed()
+    rows = [{"paper": "MoVQ", "verdict": "holds"}, {"paper": "MoVQ", "verdict": "under-trained"},
+            {"paper": "Muse", "verdict": "inconclusive"}]
+    doc = {"metrics": {"claims": rows, "summary": C.summarize(rows), "num_claims": 3},
+           "provenance": {"profile": "default", "git_revision": "0123456789ab"}}
+    block = RS.render_claims(doc, "ef" * 32)
+    assert "of 3 relative claims" in block and "**1 hold, 0 are reversed, 1 are inconclusive and 1 are under-trained**" in block
+    assert "MoVQ: 1 holds, 1 under-trained; Muse: 1 inconclusive" in block and "sha256 `efefefefefefefef`" in block
+
+
+def test_readme_claims_block_matches_the_committed_json():
+    RS = _readme_speed()
+    path = repo_root() / RS.CLAIMS_JSON_PATH
+    if not path.is_file():
+        pytest.skip(f"{path}: the claims stage has not run")
+    doc, sha = RS.load(path)
+    block = RS.current_block((repo_root() / "README.md").read_text(), RS.CLAIMS_BEGIN, RS.CLAIMS_END)
+    if f"sha256 `{sha[:16]}`" not in block:
+        pytest.skip("claims.json changed since the README was rendered: run reproduce/readme_speed.py")
+    assert block == RS.render_claims(doc, sha)
