@@ -8,6 +8,7 @@ or a folder above it. Stage deps with ``${...}`` placeholders never name code, s
 
     .venv/bin/python reproduce/dvc_deps.py          # list every stage's uncovered files; exit 1 if any
     .venv/bin/python reproduce/dvc_deps.py --module-level   # only imports that run at import time
+    .venv/bin/python reproduce/dvc_deps.py --cycles         # the import cycles inside lib/
 
 While ``lib/`` has import cycles held together by function-local imports (issue 16), the full
 closure of almost every stage is all of ``lib/``; ``--module-level`` is the lower bound.
@@ -109,6 +110,60 @@ def import_closure(entries: Iterable[Path], root: Path = ROOT, local: bool = Tru
     return seen
 
 
+def module_graph(root: Path = ROOT, local: bool = True) -> dict[str, set[str]]:
+    """``lib`` file -> the ``lib`` files it imports (``local``: function-local imports included)."""
+    graph = {}
+    for path in sorted((root / "lib").rglob("*.py")):
+        rel = path.relative_to(root)
+        # a module's own enclosing packages are initialised before it runs: not an edge
+        own_inits = {(p / "__init__.py") for p in rel.parents}
+        targets = set()
+        for mod in imported_modules(rel, root, local):
+            f = module_file(mod, root)
+            if f is not None and f != rel and f not in own_inits:
+                targets.add(f.as_posix())
+        graph[rel.as_posix()] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one file (Tarjan): each is an import cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(graph) + 100))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
 def stage_entries(cmd: str, root: Path = ROOT) -> list[Path]:
     out = []
     for m in MODULE_CMD.finditer(cmd):
@@ -155,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--module-level", action="store_true",
                     help="follow only module-level imports (a lower bound while function-local imports remain)")
+    ap.add_argument("--cycles", action="store_true", help="list the import cycles inside lib/ instead")
     args = ap.parse_args(argv)
+    if args.cycles:
+        cycles = import_cycles(module_graph(local=not args.module_level))
+        for comp in cycles:
+            print(f"cycle of {len(comp)} files: " + ", ".join(comp))
+        print(f"{len(cycles)} import cycle(s) in lib/")
+        return 1 if cycles else 0
     gaps = uncovered(local=not args.module_level)
     for name, files in gaps.items():
         print(f"{name}: {len(files)} file(s) of its code not in its deps")

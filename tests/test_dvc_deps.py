@@ -68,3 +68,12 @@ def test_uncovered_names_each_stage_and_file_that_its_deps_miss(tmp_path):
     assert gaps == {"one": ["lib/__init__.py", "lib/c.py"]}
     assert DD.uncovered(tmp_path / "dvc.yaml", tmp_path, local=False) == {"one": ["lib/__init__.py"]}
     assert DD.stages(tmp_path / "dvc.yaml")["nb"]["cmd"] == "papermill notebooks/n.ipynb out/${item}.ipynb"
+
+
+def test_import_cycles_are_found_and_own_package_inits_are_not_edges(tmp_path):
+    _fixture(tmp_path)
+    _write(tmp_path, "lib/c.py", "def f():\n    from lib import a\n    return a\n")  # a -> c (local) -> a
+    graph = DD.module_graph(tmp_path)
+    assert "lib/pkg/__init__.py" not in graph["lib/pkg/x.py"]  # `from . import y` needs y, not the package
+    assert DD.import_cycles(graph) == [["lib/a.py", "lib/c.py"]]
+    assert DD.import_cycles(DD.module_graph(tmp_path, local=False)) == []
