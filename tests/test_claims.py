@@ -154,3 +154,11 @@ def test_readme_claims_block_matches_the_committed_json():
     if f"sha256 `{sha[:16]}`" not in block:
         pytest.skip("claims.json changed since the README was rendered: run reproduce/readme_speed.py")
     assert block == RS.render_claims(doc, sha)
+
+
+def test_the_claims_stage_depends_on_every_file_the_ledger_reads():
+    doc = yaml.safe_load((repo_root() / "dvc.yaml").read_text())["stages"]
+    deps = doc["claims"]["deps"]
+    missing = [f for f in C.ledger_files(_ledger()) if f not in deps]
+    assert missing == [], f"dvc.yaml stage claims lacks deps {missing}"
+    assert "results/09_claims" in doc["report"]["deps"]
