@@ -43,6 +43,11 @@ SIDE_KEYS = {"kind", "config", "label", "file", "path"}
 PLATEAU_DROP = 0.03
 
 
+class MissingResult(AtelierInputError):
+    """A key or row a claim names is absent from a results file (e.g. its configuration is not
+    trained in this profile): the side has no value, which is reported, not an error."""
+
+
 @dataclass
 class Side:
     label: str
@@ -152,7 +157,9 @@ def select(doc: Any, path: Sequence[Any], where: str = "") -> Any:
             if not isinstance(node, list):
                 raise AtelierInputError(f"{where}: selector {dict(step)} needs a list, found {type(node).__name__}")
             hits = [r for r in node if isinstance(r, Mapping) and all(r.get(k) == v for k, v in step.items())]
-            if len(hits) != 1:
+            if not hits:
+                raise MissingResult(f"{where}: selector {dict(step)} matches no row")
+            if len(hits) > 1:
                 raise AtelierInputError(f"{where}: selector {dict(step)} matches {len(hits)} rows, not 1")
             node = hits[0]
         elif isinstance(node, Mapping) and step in node:
@@ -161,7 +168,7 @@ def select(doc: Any, path: Sequence[Any], where: str = "") -> Any:
             node = node[step]
         else:
             have = sorted(node)[:12] if isinstance(node, Mapping) else type(node).__name__
-            raise AtelierInputError(f"{where}: no {step!r} (has {have})")
+            raise MissingResult(f"{where}: no {step!r} (has {have})")
     return node
 
 
@@ -175,18 +182,23 @@ def side_values(side: Side, root: Path) -> dict[str, Any]:
         files = [(p.parent.name, p) for p in sorted(root.glob(pattern))]
     elif (root / side.file).is_file():
         files = [("main", root / side.file)]
-    values, seeds = [], []
+    values, seeds, missing = [], [], []
     for seed, path in files:
         doc = read_json(path)
         if isinstance(doc, Mapping) and doc.get("metrics", {}).get("skipped"):
             continue
-        v = select(doc.get("metrics", doc) if isinstance(doc, Mapping) else doc, side.path, f"{path}")
+        try:
+            v = select(doc.get("metrics", doc) if isinstance(doc, Mapping) else doc, side.path, f"{side.file}")
+        except MissingResult as err:
+            missing.append(str(err))
+            continue
         if v is None or (isinstance(v, float) and math.isnan(v)):
             continue
         values.append(float(v))
         seeds.append(seed)
-    return {"values": values, "seeds": seeds,
-            "reason": None if values else f"no result at {side.file} (stage not run or skipped in this profile)"}
+    reason = None if values else (missing[0] if missing else
+                                  f"no result at {side.file} (stage not run or skipped in this profile)")
+    return {"values": values, "seeds": seeds, "reason": reason}
 
 
 def still_improving(curve: Sequence[float], drop: float = PLATEAU_DROP) -> dict[str, Any]:

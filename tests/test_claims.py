@@ -103,6 +103,10 @@ def test_evaluate_reads_every_seed_selects_rows_and_computes_the_verdict(tmp_pat
     assert out["verdict"] == "holds" and out["interval"][1] < 0 and out["point_estimate_agrees"] is True
     assert out["curves"]["claimed"]["improving"] is False
     # a missing result is reported, not invented
+    # a row absent from the file (its configuration not trained in this profile) is no value, reported
+    claim.baseline.path = ["rows", {"model": "untrained"}, "FID"]
+    absent_row = C.evaluate(claim, tmp_path)
+    assert absent_row["verdict"] == "inconclusive" and "matches no row" in absent_row["why"]
     claim.baseline.file = "r/absent.json"
     missing = C.evaluate(claim, tmp_path)
     assert missing["verdict"] == "inconclusive" and "no result at r/absent.json" in missing["why"]
@@ -120,8 +124,10 @@ def test_ledger_errors_name_the_claim_and_the_field():
         C.parse_ledger({"claims": [{**base, "baseline": {**base["baseline"], "pth": 1}}]}, "c.yaml")
     with pytest.raises(AtelierInputError, match="claim id 'a' appears twice"):
         C.parse_ledger({"claims": [base, base]}, "c.yaml")
-    with pytest.raises(AtelierInputError, match=r"selector \{'model': 'z'\} matches 0 rows"):
+    with pytest.raises(C.MissingResult, match=r"selector \{'model': 'z'\} matches no row"):
         C.select({"rows": [{"model": "x"}]}, ["rows", {"model": "z"}], "f.json")
+    with pytest.raises(AtelierInputError, match=r"matches 2 rows, not 1"):
+        C.select({"rows": [{"model": "x"}, {"model": "x"}]}, ["rows", {"model": "x"}], "f.json")
 
 
 def _readme_speed():
