@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,7 +35,7 @@ DIRECTIONS = ("higher", "lower", "similar")
 PAPERS = ("M6-Fashion", "MoVQ", "Muse", "UniFashion")
 #: which params.yaml section a side's ``kind`` names its ``config`` in
 KIND_SECTIONS = {"tokenizer": ("tokenizers", "configs"), "finetune": ("tokenizers", "finetunes"),
-                 "generator": ("generation", "models"), "sampler": ("generation", "sampling"),
+                 "generator": ("generation", "models"),
                  "super_res": ("super_res",), "retrieval": ("retrieval", "steps")}
 ROW_KEYS = {"id", "paper", "where", "quote", "metric", "direction", "claimed", "baseline"}
 SIDE_KEYS = {"kind", "config", "label", "file", "path"}
@@ -71,7 +71,6 @@ class Claim:
     claimed: Side
     baseline: Side
     margin: float | None = None
-    paper_values: dict = field(default_factory=dict)
 
 
 def _side(source: str, cid: str, which: str, raw: Any) -> Side:
