@@ -149,7 +149,9 @@ def test_maskgit_counts_follow_the_cosine_schedule_per_row():
 def test_maskgit_clamps_and_linear_schedule():
     sched = MaskGITScheduler(num_steps=12)
     small = sched.schedule(5)  # floor(cos)*5 would stall at 4: one new entry per step is forced
-    assert small == [4, 3, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    # ... and, as google-research/maskgit does, the last entry stays masked until the last step
+    assert small == [4, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    assert sched.schedule(1) == [1] * 11 + [0]
     assert sched.schedule(0) == [0] * 12
     lin = MaskGITScheduler(num_steps=8, schedule="linear")
     assert lin.schedule(100)[:-1] == [math.floor((1 - (t + 1) / 8) * 100) for t in range(7)]

@@ -7,8 +7,10 @@ Start with every unknown entry masked. At step t (0-based) of T:
    ``choice_temperature * (1 - (t+1)/T)`` (annealed to 0 at the last step);
 3. keep the most confident samples and re-mask the rest so that
    m_t = floor(gamma((t+1)/T) * U) unknown entries stay masked, with gamma(r) = cos(pi r / 2)
-   (the cosine schedule Muse takes from MaskGIT) or 1 - r ("linear"); m_t is clamped to
-   m_t <= m_{t-1} - 1 (at least one new entry per step while any is masked), m_t >= 0, m_{T-1} = 0.
+   (the cosine schedule Muse takes from MaskGIT) or 1 - r ("linear"); m_t is clamped, as in
+   google-research/maskgit's ``mask_len = max(1, min(unknown - 1, mask_len))``, to
+   m_t <= m_{t-1} - 1 (at least one new entry per step while more than one is masked) and
+   m_t >= 1 for t < T-1 (one entry stays masked until the last step), m_{T-1} = 0.
 
 Revealed entries stay fixed for the remaining steps ("These tokens are then set to unmasked for the
 remainder of the steps", Muse Sec. 2.8). Every channel is an entry of its own (MoVQ Sec. 3.2).
@@ -61,7 +63,10 @@ class MaskGITScheduler(TokenScheduler):
             else:
                 # float64 times a Python float: the same IEEE product as math.floor(g * U)
                 m = torch.floor(u.double() * gamma((t + 1) / self.num_steps)).long()
-                m = torch.minimum(m, prev - 1).clamp(min=0)
+                # google-research/maskgit: mask_len = max(1, min(unknown - 1, floor(gamma * U))), so
+                # at least one entry is revealed per step while more than one is unknown, and one stays
+                # masked until the last step (a step-dependent guidance schedule then sees every step)
+                m = torch.minimum(torch.minimum(m, prev - 1).clamp(min=1), prev)
             out.append(m)
             prev = m
         return torch.stack(out, dim=1)
