@@ -187,9 +187,10 @@ def transformer_forward_flops(cfg, batch: int, text_len: int = TEXT_LEN) -> dict
     s = n + (cfg.low_res[0] * cfg.low_res[1] if cfg.low_res else 0)
     cross = cfg.text_mode == "cross_attention"
     linear = 0
-    if cfg.channel_embedding == "concat":
-        linear += 2 * b * n * cfg.channels * d * d
-        if cfg.low_res:
+    if cfg.channel_embedding != "sum":  # the concatenating modes' linear map (absent for one channel)
+        if cfg.channels > 1:
+            linear += 2 * b * n * cfg.channels * d * d
+        if cfg.low_res and cfg.low_res[2] > 1:
             linear += 2 * b * (s - n) * cfg.low_res[2] * d * d
     if cross:
         linear += 2 * b * text_len * cfg.text_dim * d

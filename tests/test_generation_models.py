@@ -61,6 +61,27 @@ def test_masked_model_shapes_for_every_text_mode_channel_count_visual_and_super_
     assert model.num_parameters() == sum(p.numel() for p in model.parameters())
 
 
+def test_multichannel_tokens_share_one_embedding_table_and_keep_channel_order():
+    """MoVQ Sec. 3.2: the C chunks use one codebook, so code k embeds the same in every channel."""
+    model = MaskedTokenTransformer(_config(channels=4, text_mode="none"))
+    assert model.config.channel_embedding == "shared"
+    assert model.embed.table.num_embeddings == K + 1  # one table, not C of them
+    ids = torch.tensor([[[3, 3, 3, 3], [5, 3, 7, 3]]])
+    per = model.embed.per_channel(ids)  # [1, 2, C, dim]
+    for c in range(1, 4):
+        assert torch.equal(per[0, 0, c], per[0, 0, 0])
+    assert torch.equal(per[0, 1, 1], per[0, 0, 0]) and not torch.equal(per[0, 1, 0], per[0, 1, 2])
+    # ... and the combined token still depends on which channel holds which code
+    swapped = torch.tensor([[[5, 7], [7, 5]]])
+    two = MaskedTokenTransformer(_config(channels=2, text_mode="none")).embed(swapped)
+    assert not torch.allclose(two[0, 0], two[0, 1])
+    # the per-channel-table ablation keeps C separate tables
+    separate = MaskedTokenTransformer(_config(channels=4, text_mode="none", channel_embedding="sum"))
+    assert separate.embed.table.num_embeddings == 4 * (K + 1)
+    with pytest.raises(AtelierInputError, match="channel_embedding"):
+        _config(channels=4, channel_embedding="separate")
+
+
 @pytest.mark.parametrize("text_mode", ["none", "cross_attention", "in_sequence"])
 def test_condition_cache_gives_the_same_logits_and_checks_its_batch(text_mode):
     batch = 3

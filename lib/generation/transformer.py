@@ -8,9 +8,13 @@
   between crops and [EOV] after them, then the text and [EOT], then the target
   (``text_mode="in_sequence"``, ``max_visual_tokens > 0``).
 - MoVQ Sec. 3.2 multichannel tokens: each position holds C indices into one codebook; their
-  embeddings are combined into one input token (``channel_embedding="sum"``, or ``"concat"`` then
-  a linear map -- MoVQ: "we inversely concatenate chunks along the channel as one token") and C
-  heads predict the C indices. Every entry can be masked on its own (id K = [MASK]).
+  embeddings are combined into one input token and C heads predict the C indices. The default
+  ``channel_embedding="shared"`` looks every channel's index up in ONE table (MoVQ Sec. 3.2: the C
+  chunks share one codebook, so code k means the same in every channel) and concatenates the C
+  vectors before a linear map (MoVQ: "we inversely concatenate chunks along the channel as one
+  token"); concatenation, not a sum, because a sum of one shared table cannot tell (a, b) from
+  (b, a). ``"sum"`` / ``"concat"`` give each channel its own table (an ablation of the sharing).
+  Every entry can be masked on its own (id K = [MASK]).
 - Muse Sec. 2.4 super-resolution: ``low_res=(h, w, c, k)`` adds the low-resolution stage's tokens,
   embedded with their own tables and 2-D positions and *prepended* to the sequence (every layer
   attends jointly over low- and high-resolution tokens). Muse instead runs the low-res tokens
@@ -43,7 +47,7 @@ from .conditioning import Condition
 from .layers import Block, TextConditioner, init_weights
 
 TEXT_MODES = ("none", "cross_attention", "in_sequence")
-CHANNEL_EMBEDDINGS = ("sum", "concat")
+CHANNEL_EMBEDDINGS = ("shared", "sum", "concat")
 
 
 @dataclass
@@ -70,7 +74,7 @@ class TransformerConfig:
     max_visual_tokens: int = 0
     max_visual_crops: int = 2
     low_res: tuple[int, int, int, int] | None = None
-    channel_embedding: str = "sum"
+    channel_embedding: str = "shared"
 
     def __post_init__(self) -> None:
         for name in ("grid_h", "grid_w", "channels", "codebook_size", "dim", "depth", "heads", "text_dim",
@@ -123,18 +127,29 @@ class TransformerConfig:
 
 
 class ChannelEmbedding(nn.Module):
-    """``[..., C]`` token ids -> ``[..., dim]``: one table of ``vocab`` rows per channel, combined
-    by sum or by concatenation and a linear map (MoVQ Sec. 3.2)."""
+    """``[..., C]`` token ids -> ``[..., dim]`` (MoVQ Sec. 3.2 multichannel tokens).
 
-    def __init__(self, channels: int, vocab: int, dim: int, mode: str = "sum"):
+    ``mode="shared"``: one table of ``vocab`` rows for all channels (the shared codebook), the C
+    vectors concatenated and mapped to ``dim`` (order-aware). ``"sum"`` / ``"concat"``: one table
+    per channel, summed or concatenated + linear (the unshared ablation). With C = 1 every mode is
+    a plain lookup.
+    """
+
+    def __init__(self, channels: int, vocab: int, dim: int, mode: str = "shared"):
         super().__init__()
         self.channels, self.vocab, self.mode = channels, vocab, mode
-        self.table = nn.Embedding(channels * vocab, dim)
-        self.register_buffer("offsets", torch.arange(channels) * vocab, persistent=False)
-        self.mix = nn.Linear(channels * dim, dim) if mode == "concat" else None
+        shared = mode == "shared"
+        self.table = nn.Embedding(vocab if shared else channels * vocab, dim)
+        self.register_buffer("offsets", torch.zeros(channels, dtype=torch.long) if shared
+                             else torch.arange(channels) * vocab, persistent=False)
+        self.mix = nn.Linear(channels * dim, dim) if mode != "sum" and channels > 1 else None
+
+    def per_channel(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[..., C]`` ids -> ``[..., C, dim]``: each entry's embedding before channels are combined."""
+        return self.table(ids + self.offsets)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        e = self.table(ids + self.offsets)
+        e = self.per_channel(ids)
         if self.mix is None:
             return e.sum(-2)
         return self.mix(e.flatten(-2))
