@@ -215,6 +215,12 @@ def write_skipped(profile: str, name: str, seed: int) -> list[Path]:
             write_metrics(metrics_path(name), {"skipped": True, "reason": reason}, run_info(profile, seed, model=name))]
 
 
+def condition_mixture(entry: Mapping[str, Any]) -> tuple[float, ...]:
+    """The {v,t}, {v}, {t}, {} probabilities an m6 entry's ``condition_mixture`` names (M6-Fashion Sec. 3.3)."""
+    from .generation.masking import COMBINATION_READINGS
+    return COMBINATION_READINGS[entry["condition_mixture"]]
+
+
 @torch.no_grad()
 def heldout_accuracy(model, tokens: torch.Tensor, cond, rate: float = 0.5, seed: int = 0,
                      batch_size: int = 256) -> float:
@@ -285,8 +291,11 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
     t0 = time.perf_counter()
     if entry["kind"] == "masked":
         mode = "muse" if entry["objective"] in ("muse", "class") else "m6"
+        m6_kw = {}
+        if mode == "m6":
+            m6_kw["combination_probs"] = condition_mixture(entry)
         history = train_masked(model, tokens, checkpoint_path(name), mode=mode,
-                               label_smoothing=G["label_smoothing"], **common)
+                               label_smoothing=G["label_smoothing"], **m6_kw, **common)
     else:
         history = train_autoregressive(model, tokens, checkpoint_path(name), **common)
     t_train = time.perf_counter() - t0

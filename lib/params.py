@@ -126,7 +126,11 @@ def _finetune_entry(name: str, entry: Any) -> list[str]:
 GENERATOR_KINDS = ("masked", "autoregressive")
 TEXT_MODES = ("none", "cross_attention", "in_sequence")
 GENERATOR_OBJECTIVES = ("muse", "m6", "class")
-GENERATOR_KEYS = ("kind", "tokenizer", "decode_with", "text_mode", "objective", "max_visual_tokens")
+GENERATOR_KEYS = ("kind", "tokenizer", "decode_with", "text_mode", "objective", "max_visual_tokens",
+                  "condition_mixture")
+#: M6-Fashion Sec. 3.3's {v,t}, {v}, {t}, {} probabilities: the prose reading (text-only 0.55) or the
+#: printed one ({v} 0.55); lib.generation.masking.COMBINATION_PROBS_PROSE / _PRINTED hold the numbers.
+CONDITION_MIXTURES = ("prose", "printed")
 SAMPLING_KEYS = {
     "maskgit_steps": None, "smart_T": None, "smart_alpha": None, "smart_beta": None, "temperature": None,
     "choice_temperature": None, "guidance_scale": None, "guidance_sweep": None, "top_k": None,
@@ -148,6 +152,14 @@ def _generator_entry(name: str, entry: Any) -> list[str]:
             problems.append(f".max_visual_tokens: {problem}")
         elif entry["max_visual_tokens"] > 0 and (entry.get("kind") != "masked" or entry.get("text_mode") != "in_sequence"):
             problems.append(".max_visual_tokens: visual conditions need kind masked and text_mode in_sequence (M6-Fashion)")
+    if "condition_mixture" in entry:
+        if entry["condition_mixture"] not in CONDITION_MIXTURES:
+            problems.append(f".condition_mixture: must be one of {', '.join(CONDITION_MIXTURES)}, "
+                            f"got {entry['condition_mixture']!r}")
+        elif entry.get("objective") != "m6":
+            problems.append(".condition_mixture: only the m6 objective samples condition combinations (M6-Fashion Sec. 3.3)")
+    elif entry.get("objective") == "m6":
+        problems.append(".condition_mixture: missing; the m6 objective needs prose or printed (M6-Fashion Sec. 3.3)")
     return problems
 
 

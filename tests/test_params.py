@@ -64,3 +64,33 @@ def test_malformed_yaml_names_file(tmp_path):
     bad.write_text("profile: [unclosed\n")
     with pytest.raises(AtelierInputError, match=r"params\.yaml: not valid YAML"):
         params.load("smoke", bad)
+
+
+def _with_m6_entry(params_file, **changes):
+    raw = yaml.safe_load(params_file.read_text())
+    entry = raw["generation"]["models"]["m6"]
+    for k, v in changes.items():
+        if v is None:
+            entry.pop(k, None)
+        else:
+            entry[k] = v
+    params_file.write_text(yaml.safe_dump(raw))
+
+
+def test_m6_condition_mixture_comes_from_params_and_reaches_the_trainer_probs(params_file):
+    from lib.generation import COMBINATION_PROBS_PRINTED, COMBINATION_PROBS_PROSE
+    from lib.generation.masking import COMBINATION_READINGS
+    from lib.generators import condition_mixture
+    assert tuple(COMBINATION_READINGS) == params.CONDITION_MIXTURES  # the torch-free list names the same readings
+    entry = params.load("default")["generation"]["models"]["m6"]
+    assert entry["condition_mixture"] == "prose"
+    assert condition_mixture(entry) == COMBINATION_PROBS_PROSE == (0.20, 0.20, 0.55, 0.05)
+    _with_m6_entry(params_file, condition_mixture="printed")
+    printed = params.load("default", params_file)["generation"]["models"]["m6"]
+    assert condition_mixture(printed) == COMBINATION_PROBS_PRINTED == (0.20, 0.55, 0.20, 0.05)
+    _with_m6_entry(params_file, condition_mixture="typed")
+    with pytest.raises(AtelierInputError, match=r"models\.m6\.condition_mixture: must be one of prose, printed"):
+        params.load("default", params_file)
+    _with_m6_entry(params_file, condition_mixture=None)
+    with pytest.raises(AtelierInputError, match=r"models\.m6\.condition_mixture: missing"):
+        params.load("default", params_file)

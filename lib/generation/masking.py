@@ -37,6 +37,8 @@ COMBINATIONS = ("visual_text", "visual", "text", "none")
 #: our default; the printed order stays available.
 COMBINATION_PROBS_PROSE = (0.20, 0.20, 0.55, 0.05)
 COMBINATION_PROBS_PRINTED = (0.20, 0.55, 0.20, 0.05)
+#: params.yaml's ``condition_mixture`` names (lib.params.CONDITION_MIXTURES) -> probabilities.
+COMBINATION_READINGS = {"prose": COMBINATION_PROBS_PROSE, "printed": COMBINATION_PROBS_PRINTED}
 _HAS_VISUAL = (True, True, False, False)
 _HAS_TEXT = (True, False, True, False)
 
