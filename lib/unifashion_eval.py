@@ -70,11 +70,13 @@ def with_caption_embeddings(qformer, categories: Mapping[str, dict], captions: M
 
 
 def composed(qformer, categories: Mapping[str, dict], R: Mapping[str, Any],
-             variants: Sequence[str] = ("full", "image only", "text only")) -> dict:
-    """UniFashion Table 4 analogue (R@10/R@50 per category, reference excluded) for ``variants``."""
+             variants: Sequence[str] = ("full", "image only", "text only"), exclude_reference: bool = False) -> dict:
+    """UniFashion Table 4 analogue (R@10/R@50 per category) for ``variants``: the full split ranked
+    (the paper's Fashion-IQ protocol) or, with ``exclude_reference``, each query's reference removed."""
     from .retrieval.evaluate import composed_recall
 
-    return composed_recall(qformer, categories, variants=variants, ks=(10, 50), caption_weight=float(R["caption_weight"]))
+    return composed_recall(qformer, categories, variants=variants, ks=(10, 50), caption_weight=float(R["caption_weight"]),
+                           exclude_reference=exclude_reference)
 
 
 def composition_recall(qformer, categories: Mapping[str, Mapping[str, Any]], composition_of: Mapping[str, int],

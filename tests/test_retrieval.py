@@ -236,22 +236,23 @@ def test_composed_recall_reproduces_hand_computed_values():
     # query 1 -> d > b > e -> rank 3; query 2 -> every remaining item scores 0 -> a ties, counted
     # against it -> rank 4 (a, b, d, e all 0, c excluded).
     res = composed_recall_from_embeddings({"composed": composed}, gallery, targets, gallery_ids, references,
-                                          variants=("full", "w/o img", "w/ cap"), ks=(1, 2, 3, 4))["full"]
+                                          variants=("full", "w/o img", "w/ cap"), ks=(1, 2, 3, 4),
+                                          exclude_reference=True)["full"]
     assert [res[f"R@{k}"] for k in (1, 2, 3, 4)] == [0.0, pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
     assert res["num_reference_excluded"] == 3
     # w/o img: captions of gallery items are e[1], e[0], e[2], e[3], e[4] -> a and b swap roles:
     # query 0 -> "b"'s caption is e0 (0.9): rank 1; query 1 unchanged order d > a(0.2) > e: rank 3;
     # query 2: all zero -> rank 4.
     cap = composed_recall_from_embeddings({"composed": composed}, gallery, targets, gallery_ids, references,
-                                          variants=("w/o img",), ks=(1, 3))["w/o img"]
+                                          variants=("w/o img",), ks=(1, 3), exclude_reference=True)["w/o img"]
     assert cap["R@1"] == pytest.approx(1 / 3) and cap["R@3"] == pytest.approx(2 / 3)
     # w/ cap adds both similarities (caption_weight 1)
     both = composed_similarity("w/ cap", gallery["images"], composed=composed, gallery_captions=gallery["captions"])
     assert torch.allclose(both, composed @ e.T + composed @ gallery["captions"].T)
-    # without the exclusion the reference "c" (query 2's best) outranks the target
+    # the default (the paper's full-split ranking): the reference "c" (query 2's best) outranks the target
     kept = composed_recall_from_embeddings({"composed": composed}, gallery, targets, gallery_ids, references,
-                                           ks=(4,), variants=("full",), exclude_reference=False)["full"]
-    assert kept["R@4"] == pytest.approx(2 / 3)
+                                           ks=(4,), variants=("full",))["full"]
+    assert kept["R@4"] == pytest.approx(2 / 3) and kept["num_reference_excluded"] == 0
     with pytest.raises(AtelierInputError, match="needs \\['gallery_captions'\\]"):
         composed_similarity("w/o img", gallery["images"], composed=composed)
 

@@ -354,11 +354,12 @@ def test_real_fashioniq_loader_runs_composed_recall_matching_a_hand_computation(
 
     torch.manual_seed(0)
     model = QFormer(image_dim=6, num_image_tokens=16, num_queries=3, dim=16, num_layers=1, heads=2, embed_dim=8).eval()
-    res = composed_recall(model, cats, variants=("full", "image only", "text only"), ks=(1, 2))
+    res = composed_recall(model, cats, variants=("full", "image only", "text only"), ks=(1, 2), exclude_reference=True)
+    paper = composed_recall(model, cats, variants=("full", "image only", "text only"), ks=(1, 2))
 
-    def hand(data, variant):
+    def hand(data, variant, exclude=True):
         """Rank of each target by plain loops: similarity = max over the gallery image's query embeddings;
-        the reference is removed unless it is the target; ties count against the target."""
+        with ``exclude`` the reference is removed unless it is the target; ties count against the target."""
         with torch.no_grad():
             gallery = model.image_embeds(data["gallery_feats"].float())
             if variant == "full":
@@ -372,7 +373,7 @@ def test_real_fashioniq_loader_runs_composed_recall_matching_a_hand_computation(
         for qi, query in enumerate(queries):
             scores = {}
             for gi, gid in enumerate(data["gallery_ids"]):
-                if gid == data["reference_ids"][qi] and gid != data["target_ids"][qi]:
+                if exclude and gid == data["reference_ids"][qi] and gid != data["target_ids"][qi]:
                     continue
                 scores[gid] = max(float(query @ gallery[gi, j]) for j in range(gallery.shape[1]))
             target = scores[data["target_ids"][qi]]
@@ -387,6 +388,10 @@ def test_real_fashioniq_loader_runs_composed_recall_matching_a_hand_computation(
             want = hand(cats[cat], variant)
             assert got["R@1"] == pytest.approx(want[1], abs=1e-6) and got["R@2"] == pytest.approx(want[2], abs=1e-6)
             assert got["num_queries"] == 3 and got["num_gallery"] == len(galleries[cat])
+            full = paper["per_category"][cat][variant]
+            want = hand(cats[cat], variant, exclude=False)
+            assert full["R@1"] == pytest.approx(want[1], abs=1e-6) and full["R@2"] == pytest.approx(want[2], abs=1e-6)
+            assert full["num_reference_excluded"] == 0
     # the shirt query whose target is its own reference keeps it; the others exclude theirs
     assert res["per_category"]["shirt"]["full"]["num_reference_excluded"] == 2
     assert res["summary"]["full"]["average"]["R@2"] == pytest.approx(

@@ -256,14 +256,15 @@ def composed_recall_from_embeddings(queries: Mapping[str, torch.Tensor], gallery
                                     target_ids: Sequence, gallery_ids: Sequence,
                                     reference_ids: Optional[Sequence] = None,
                                     variants: Sequence[str] = ("full", "image only", "text only"),
-                                    ks: Sequence[int] = (10, 50), exclude_reference: bool = True,
+                                    ks: Sequence[int] = (10, 50), exclude_reference: bool = False,
                                     caption_weight: float = 1.0) -> dict[str, dict]:
     """Fashion-IQ recall of each variant for one category, from embeddings.
 
     ``queries``: ``{"composed", "reference", "text"}`` (those the variants need); ``gallery``:
     ``{"images", "captions"?}``. The ranking is :func:`lib.metrics.retrieval.fashioniq_recall`
-    itself (reference exclusion, pessimistic ties): it scores by a dot product, so each query's row
-    of similarities is passed against an identity gallery, whose dot product returns that row.
+    itself (full-split ranking by default, the optional reference exclusion, pessimistic ties): it
+    scores by a dot product, so each query's row of similarities is passed against an identity
+    gallery, whose dot product returns that row.
     """
     if "images" not in gallery:
         raise AtelierInputError("gallery needs 'images' ([G, Q, e] query embeddings)")
@@ -281,7 +282,7 @@ def composed_recall_from_embeddings(queries: Mapping[str, torch.Tensor], gallery
 
 def composed_recall(model: QFormer, categories: Mapping[str, Mapping[str, Any]],
                     variants: Sequence[str] = ("full", "image only", "text only"), ks: Sequence[int] = (10, 50),
-                    exclude_reference: bool = True, caption_weight: float = 1.0, batch_size: int = 256,
+                    exclude_reference: bool = False, caption_weight: float = 1.0, batch_size: int = 256,
                     progress: bool = False) -> dict:
     """Fashion-IQ composed retrieval (UniFashion Table 4) per category and averaged.
 
