@@ -119,6 +119,38 @@ def test_converted_weights_match_torchscript(weights):
     assert len(inception.inception_weights_sha256()) == 64
 
 
+class _Payload:
+    """A pickle that, when unpickled without weights_only, creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_planted_pickle_in_the_inception_cache_is_refused_and_never_runs(tmp_path):
+    """Issue 18: a cached weights file with a sidecar that vouches for it must not run code."""
+    import json as _json
+
+    from lib.io import sha256_file
+
+    marker = tmp_path / "payload-ran"
+    source_sha = inception.inception_weights_sha256()
+    planted = tmp_path / f"inception-v3-compat-from-fid-helper-{source_sha[:12]}.pth"
+    torch.save({"conv.weight": torch.zeros(1), "evil": _Payload(marker)}, planted)
+    planted.with_suffix(".json").write_text(_json.dumps({"source_sha256": source_sha,
+                                                         "converted_sha256": sha256_file(planted)}))
+    assert inception.inception_weights_path(cache_dir=tmp_path) == planted  # the sidecar matches ...
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(AtelierInputError, match="refused as Inception weights"):
+        inception_features(images, weights_path=planted, progress=False)  # ... but the file is refused
+    with pytest.raises(AtelierInputError, match="refused as Inception weights"):
+        image_quality.fid_kid(images, images, backend="torch-fidelity", weights_path=planted)
+    assert not marker.exists()
+
+
 def test_torchscript_located_without_importing_package():
     import sys
 
@@ -415,17 +447,20 @@ def test_fashioniq_recall_hand_example():
         [0.3, 0.2, 0.1, 0.6, 0.5, 0.8],   # ref g5, target g0: rank 3 -> rank 2
     ])
     refs, targets = ["g0", "g2", "g4", "g5"], ["g1", "g3", "g4", "g0"]
-    res = fashioniq_recall(queries, gallery, targets, gallery_ids, ks=(1, 3), reference_ids=refs)
+    # The default is the paper's protocol (CLIP4Cir/SPRC validation code): the full split is ranked,
+    # so a reference that is itself a gallery item can outrank the target.
+    full = fashioniq_recall(queries, gallery, targets, gallery_ids, ks=(1, 3), reference_ids=refs)
+    assert full["R@1"] == 0.25 and full["R@3"] == 0.5
+    assert full["num_reference_excluded"] == 0 and "no exclusion" in full["gallery_protocol"]
+    res = fashioniq_recall(queries, gallery, targets, gallery_ids, ks=(1, 3), reference_ids=refs,
+                           exclude_reference=True)
     assert res["R@1"] == 0.5 and res["R@3"] == 0.75
     assert res["num_reference_excluded"] == 3
     assert "excluded" in res["gallery_protocol"]
-    full = fashioniq_recall(queries, gallery, targets, gallery_ids, ks=(1, 3), reference_ids=refs,
-                            exclude_reference=False)
-    assert full["R@1"] == 0.25 and full["R@3"] == 0.5
     # Gallery order must not matter.
     perm = [3, 0, 5, 1, 4, 2]
     shuffled = fashioniq_recall(queries[:, perm], gallery, targets, [gallery_ids[i] for i in perm], ks=(1, 3),
-                                reference_ids=refs)
+                                reference_ids=refs, exclude_reference=True)
     assert (shuffled["R@1"], shuffled["R@3"]) == (0.5, 0.75)
     summary = fashioniq_summary({"dress": {"R@10": 0.5372, "R@50": 0.7366}, "shirt": {"R@10": 0.6125, "R@50": 0.7667},
                                  "toptee": {"R@10": 0.6184, "R@50": 0.8046}})

@@ -46,6 +46,7 @@ from .inception import (
     full_inception_weights_path,
     inception_features,
     inception_weights_path,
+    safe_state_dict,
     weights_sha256_for,
 )
 
@@ -243,6 +244,7 @@ def _fid_kid_torch_fidelity(generated: torch.Tensor, reference: torch.Tensor, *,
         raise AtelierInputError("backend='torch-fidelity' needs both sets as uint8 image tensors (no cached stats)")
     gen, ref = _UInt8Dataset(generated), _UInt8Dataset(reference)
     path = Path(weights_path) if weights_path is not None else inception_weights_path()
+    safe_state_dict(path)  # torch-fidelity unpickles it unrestricted: refuse anything but tensors first
     subset = int(min(kid_subset_size, len(gen), len(ref)))
     res = torch_fidelity.calculate_metrics(
         input1=gen, input2=ref, cuda=str(device).startswith("cuda"), batch_size=batch_size,

@@ -167,11 +167,12 @@ def convert_torchscript_state_dict(ts: torch.jit.ScriptModule) -> dict[str, torc
     return state
 
 
-def _skeleton(cls):
+def _skeleton(cls, features: Iterable[str] = ("2048",)):
     """An instance of torch-fidelity's Inception class with random weights, loading nothing.
 
     Its constructor insists on loading weights (downloading them when no path is given), so a
-    subclass whose ``load_state_dict`` is a no-op is built from an empty placeholder file.
+    subclass whose ``load_state_dict`` is a no-op is built from an empty placeholder file that
+    we wrote ourselves (torch-fidelity unpickles it with ``weights_only=False``).
     """
     import tempfile
 
@@ -182,7 +183,25 @@ def _skeleton(cls):
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty.pth"
         torch.save({}, empty)
-        return _Skeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+        return _Skeleton("inception-v3-compat", list(features), feature_extractor_weights_path=str(empty))
+
+
+def safe_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, loaded with ``weights_only=True``: no code in it runs.
+
+    torch-fidelity loads weights with ``torch.load(weights_only=False)``, which executes whatever a
+    pickle asks for; the cache folder these files live in is a DVC output (a shared cache, a remote
+    or a copied folder can deliver any file with any sidecar), so every weights file is read here
+    first and refused unless it is a plain mapping of names to tensors.
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for a payload, others for a broken file
+        raise AtelierInputError(f"{path}: refused as Inception weights: not a plain tensor state dict "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise AtelierInputError(f"{path}: refused as Inception weights: expected a mapping of names to tensors")
+    return state
 
 
 @torch.no_grad()
@@ -280,8 +299,11 @@ def full_inception_weights_path() -> Path:
     path = Path(value)
     if not path.is_file():
         raise InceptionScoreUnavailableError(f"{ENV_FULL_WEIGHTS}={value}: file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    fc = state.get("fc.weight") if isinstance(state, dict) else None
+    try:
+        state = safe_state_dict(path)
+    except AtelierInputError as exc:
+        raise InceptionScoreUnavailableError(f"{ENV_FULL_WEIGHTS}={value}: {exc}") from None
+    fc = state.get("fc.weight")
     if fc is None or tuple(fc.shape) != (NUM_LOGITS, FEATURE_DIM) or not torch.isfinite(fc).all():
         raise InceptionScoreUnavailableError(
             f"{ENV_FULL_WEIGHTS}={value}: no finite fc.weight of shape ({NUM_LOGITS}, {FEATURE_DIM}); "
@@ -297,9 +319,9 @@ def full_inception_weights_path() -> Path:
 def _cached_extractor(weights_path: str, device: str, channels_last: bool, features: tuple[str, ...]):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    net = FeatureExtractorInceptionV3(
-        "inception-v3-compat", list(features), feature_extractor_weights_path=weights_path
-    )
+    # torch-fidelity never opens the weights file itself (it would unpickle it unrestricted)
+    net = _skeleton(FeatureExtractorInceptionV3, features)
+    torch.nn.Module.load_state_dict(net, safe_state_dict(weights_path), strict=True)
     net = net.to(device)
     if channels_last:
         # NHWC lets oneDNN/cuDNN pick faster conv kernels (~1.7x on 2 CPU cores) with the same
