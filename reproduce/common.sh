@@ -8,7 +8,10 @@ export DVC_NO_ANALYTICS=1          # DVC must not phone home (no network here)
 export HF_HUB_OFFLINE=1            # the MiniLM text encoder ships in a package; never hit a hub
 export TRANSFORMERS_OFFLINE=1
 export PYTHONUNBUFFERED=1
-export MPLBACKEND=Agg
+# No MPLBACKEND: a notebook kernel then picks the inline backend, so executed notebooks embed their
+# figures (with MPLBACKEND=Agg inherited, every plt.show() was dropped); plain Python falls back to
+# Agg by itself on a machine without a display.
+unset MPLBACKEND
 
 say() { printf '\033[1m[atelier]\033[0m (%dm%02ds) %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
