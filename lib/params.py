@@ -19,6 +19,28 @@ from .io import AtelierInputError
 from .paths import repo_root
 
 PROFILES = ("smoke", "default", "gpu")
+#: side of every image the data stage renders (lib.data.render.SIZE; a test keeps the two equal). Kept
+#: as a constant so that validating params.yaml never imports the data package.
+DATA_IMAGE_SIZE = 32
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping key written twice.
+
+    PyYAML keeps the last value silently; DVC refuses such a file, but stages run directly (as
+    reproduce/test runs them) would train with whichever value came last.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} written twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _int(lo: int, hi: int | None = None, nullable: bool = False) -> Callable[[Any], str | None]:
@@ -200,6 +222,15 @@ def _check_tokenizers(params: dict) -> list[str]:
         return []
     configs, finetunes, steps = tok["configs"], tok["finetunes"], tok["steps"]
     errors = [f"tokenizers.finetunes.{n}: name also used in tokenizers.configs" for n in finetunes if n in configs]
+    # The token grid is image_size / f (f = 2 ** (len(ch_mult) - 1)); a size the data do not have, or
+    # one f does not divide, gives a grid the tokenizer reports but does not produce.
+    if tok["image_size"] != DATA_IMAGE_SIZE:
+        errors.append(f"tokenizers.image_size: must equal the side of the rendered images "
+                      f"({DATA_IMAGE_SIZE}), got {tok['image_size']}")
+    f = 2 ** (len(tok["ch_mult"]) - 1)
+    if tok["image_size"] % f:
+        errors.append(f"tokenizers.image_size: must be divisible by the downsampling factor {f} "
+                      f"(2 ** (len(ch_mult) - 1)), got {tok['image_size']}")
     names = [*configs, *finetunes]
     errors += [f"tokenizers.steps.{n}: missing (every config needs a step count in every profile; 0 = not run)"
                for n in names if n not in steps]
@@ -351,7 +382,11 @@ def read(path: str | Path | None = None) -> dict:
     if not path.is_file():
         raise AtelierInputError(f"{path}: parameters file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.constructor.ConstructorError as err:
+        if err.problem and "written twice" in err.problem:
+            raise AtelierInputError(f"{path}: {err.problem}") from None
+        raise AtelierInputError(f"{path}: not valid YAML ({err})") from None
     except yaml.YAMLError as err:
         raise AtelierInputError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):

@@ -8,8 +8,10 @@ is rewritten atomically at every event, so an interrupted run still leaves the s
     python reproduce/stage_times.py --profile default [--out PATH] [--started EPOCH] -- dvc repro [ARGS]
 
 The command runs in its own process group, which is killed when this wrapper is stopped (SIGINT,
-SIGTERM, SIGHUP) or killed (SIGKILL: a watcher process notices and kills the group), so no stage
-outlives the run that started it.
+SIGTERM, SIGHUP) or killed (SIGKILL: a watcher process notices and kills the group), when a
+``--watch-pid`` process (``reproduce/run`` passes its own) disappears, and when the command itself
+dies and leaves stage processes behind (``kill -9`` of ``dvc``), so no stage outlives the run
+that started it.
 
 ``--started``: when the whole run began (``reproduce/run`` passes its start, so environment and
 data set-up count in ``total_seconds``). Default output: ``results/timing/<profile>.json``, except
@@ -22,10 +24,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -108,7 +112,7 @@ def _git_revision() -> str:
 
 
 def run(command: list[str], profile: str, out: Path, started: float | None = None,
-        lines: Iterable[str] | None = None) -> int:
+        lines: Iterable[str] | None = None, watch: Iterable[int] = ()) -> int:
     """Run ``command`` (or, for tests, consume ``lines``), echo its stdout, write the JSON at ``out``."""
     if not command and lines is None:
         raise AtelierInputError("stage_times: no command given (put it after --, e.g. -- dvc repro)")
@@ -123,25 +127,56 @@ def run(command: list[str], profile: str, out: Path, started: float | None = Non
     # The command gets its own process group, which dies with this process (issue 18: a killed
     # `dvc repro` used to leave its stage's papermill running into the outputs a restart rewrites).
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
-    watcher = start_watcher(os.getpid(), proc.pid)
+    watcher = start_watcher([os.getpid(), *watch], proc.pid)
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     assert proc.stdout is not None
+    # A reader thread, so that the command's death is seen even when an orphan it left behind
+    # still holds the pipe open (``for line in proc.stdout`` would then wait for the orphan).
+    lines_q: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=_pump, args=(proc.stdout, lines_q), daemon=True)
+    reader.start()
+
+    def echo(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if clock.feed(line):
+            atomic_write_json(out, clock.doc)
+
     try:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            if clock.feed(line):
-                atomic_write_json(out, clock.doc)
+        while True:
+            try:
+                line = lines_q.get(timeout=0.5)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    break
+                continue
+            if line is None:
+                break
+            echo(line)
         code = proc.wait()
     except KeyboardInterrupt:
         kill_group(proc.pid)
         code = proc.wait()
     finally:
+        # the command is gone; whatever it left in its group (a stage of a `dvc` killed by
+        # SIGKILL) would go on writing into outputs that DVC no longer locks
+        kill_group(proc.pid, grace=5.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         watcher.terminate()
+    reader.join(timeout=5.0)  # the group is gone, so the pipe is closed: take its last lines
+    while not lines_q.empty():
+        line = lines_q.get()
+        if line is not None:
+            echo(line)
     atomic_write_json(out, clock.finish(code))
     return code
+
+
+def _pump(stream, lines_q: "queue.Queue[str | None]") -> None:
+    for line in stream:
+        lines_q.put(line)
+    lines_q.put(None)
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM / SIGHUP: stop the stage group like Ctrl-C
@@ -170,7 +205,7 @@ def kill_group(pgid: int, grace: float = 10.0) -> None:
 # Self-contained (no imports of this module or lib: the watcher must start in milliseconds).
 WATCH = """
 import os, signal, sys, time
-parent, pgid = int(sys.argv[1]), int(sys.argv[2])
+pgid, parents = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
 def alive(kill):
     try:
         kill()
@@ -178,7 +213,7 @@ def alive(kill):
     except ProcessLookupError:
         return False
 while alive(lambda: os.killpg(pgid, 0)):
-    if not alive(lambda: os.kill(parent, 0)):
+    if not all(alive(lambda p=p: os.kill(p, 0)) for p in parents):
         alive(lambda: os.killpg(pgid, signal.SIGTERM))
         for _ in range(50):
             if not alive(lambda: os.killpg(pgid, 0)):
@@ -190,10 +225,10 @@ while alive(lambda: os.killpg(pgid, 0)):
 """
 
 
-def start_watcher(parent: int, pgid: int) -> subprocess.Popen:
-    """A small process that kills group ``pgid`` when ``parent`` disappears -- even by SIGKILL,
-    which ``parent`` itself cannot catch -- and exits when the group is gone."""
-    return subprocess.Popen([sys.executable, "-c", WATCH, str(parent), str(pgid)],
+def start_watcher(parents: Iterable[int], pgid: int) -> subprocess.Popen:
+    """A small process that kills group ``pgid`` when any of ``parents`` disappears -- even by
+    SIGKILL, which a parent itself cannot catch -- and exits when the group is gone."""
+    return subprocess.Popen([sys.executable, "-c", WATCH, str(pgid), *(str(p) for p in parents)],
                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
@@ -207,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", required=True)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--started", type=float, default=None, help="epoch seconds when the whole run began")
+    ap.add_argument("--watch-pid", type=int, action="append", default=[],
+                    help="stop the run when this process disappears (reproduce/run passes its own PID)")
     args = ap.parse_args(argv)
     out = args.out or default_out(args.profile)
-    code = run(command, args.profile, out, args.started)
+    code = run(command, args.profile, out, args.started, watch=args.watch_pid)
     print(f"[atelier] stage wall times: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}", flush=True)
     return code
 

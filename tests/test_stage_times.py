@@ -107,34 +107,47 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL", "SIGKILL of reproduce/run", "SIGKILL of dvc"])
 def test_stopping_or_killing_the_wrapper_takes_the_stage_processes_with_it(tmp_path, how):
     """The way a user meets it: the wrapper runs a 'dvc' whose stage spawns a long-lived child;
-    stop the wrapper (SIGTERM) or kill it outright (SIGKILL) and no stage process survives."""
+    stop the wrapper (SIGTERM), kill it outright (SIGKILL), kill the shell script above it that
+    passed ``--watch-pid $$`` (as reproduce/run does), or kill 'dvc' itself: no stage process
+    survives, and the wrapper does not hang."""
     import os
     import signal
     import subprocess
     import time
 
     pid_file = tmp_path / "grandchild.pid"
-    fake_dvc = (f"import subprocess, sys, time; print(\"Running stage 'a':\", flush=True); "
+    dvc_pid_file = tmp_path / "dvc.pid"
+    fake_dvc = (f"import os, subprocess, sys, time; print(\"Running stage 'a':\", flush=True); "
+                f"open({str(dvc_pid_file)!r}, 'w').write(str(os.getpid())); "
                 f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
                 f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
-    wrapper = subprocess.Popen([sys.executable, str(repo_root() / "reproduce" / "stage_times.py"), "--profile",
-                                "default", "--out", str(tmp_path / "t.json"), "--", sys.executable, "-c", fake_dvc],
-                               stdout=subprocess.DEVNULL)
+    wrapper_cmd = [sys.executable, str(repo_root() / "reproduce" / "stage_times.py"), "--profile",
+                   "default", "--out", str(tmp_path / "t.json")]
+    if how == "SIGKILL of reproduce/run":
+        script = tmp_path / "run.sh"
+        script.write_text("#!/usr/bin/env bash\n" + " ".join(f"'{a}'" for a in wrapper_cmd)
+                          + " --watch-pid $$ -- \"$@\"\necho after\n")
+        wrapper = subprocess.Popen(["bash", str(script), sys.executable, "-c", fake_dvc], stdout=subprocess.DEVNULL)
+    else:
+        wrapper = subprocess.Popen(wrapper_cmd + ["--", sys.executable, "-c", fake_dvc], stdout=subprocess.DEVNULL)
     deadline = time.time() + 30
     while not pid_file.is_file() or not pid_file.read_text():
         assert time.time() < deadline, "the fake stage never started"
         time.sleep(0.1)
     grandchild = int(pid_file.read_text())
     assert _alive(grandchild)
-    os.kill(wrapper.pid, getattr(signal, how))
+    if how == "SIGKILL of dvc":
+        os.kill(int(dvc_pid_file.read_text()), signal.SIGKILL)
+    else:
+        os.kill(wrapper.pid, getattr(signal, how.split()[0]))
     wrapper.wait(timeout=30)
     deadline = time.time() + 20
     while _alive(grandchild) and time.time() < deadline:
         time.sleep(0.2)
     assert not _alive(grandchild), f"the stage's child outlived the wrapper ({how})"
-    if how == "SIGTERM":  # a stopped (not killed) run still writes what it timed
+    if how in ("SIGTERM", "SIGKILL of dvc"):  # a stopped (not killed) run still writes what it timed
         doc = json.loads((tmp_path / "t.json").read_text())
         assert doc["returncode"] != 0 and doc["stages"][0]["stage"] == "a"
