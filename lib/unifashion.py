@@ -272,6 +272,18 @@ def fashioniq_split(root: str | Path, split: str, categories: Sequence[str] | No
     return {cat: FashionIQ(root, cat, split, check_images=check_images) for cat in (categories or CATEGORIES)}
 
 
+def _check_ids_in_split(fiq, ids, row_of: Mapping[str, int], split: str, root) -> None:
+    """Every image a Fashion-IQ split names (gallery, candidates, targets) must be an image of the
+    caption dataset's ``split``: an id of another split (an image file that exists, but a train
+    image in a test gallery) would otherwise surface as a bare ``KeyError`` (issue 18)."""
+    missing = sorted(i for i in ids if i not in row_of)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise AtelierInputError(
+            f"{fiq.split_file} / {fiq.captions_file}: {len(missing)} image id(s) not in the {split!r} split of "
+            f"{root} ({shown}); a {split} gallery and its triplets may only name {split} images")
+
+
 def evaluable_triplets(fiq, limit: Optional[int] = None) -> list:
     """The triplets of a :class:`~lib.data.fashioniq.FashionIQ` split that have a target (the
     official test split withholds them), the first ``limit`` of them."""
@@ -414,6 +426,7 @@ def run_features(P: Mapping[str, Any], progress: bool = True) -> dict:
     for cat, fiq in fiq_eval.items():
         trips = evaluable_triplets(fiq, R["composed_queries"])
         ids = set(fiq.gallery) | {t.candidate for t in trips} | {t.target for t in trips}
+        _check_ids_in_split(fiq, ids, row_of, R["composed_split"], root)
         eval_rows.setdefault(R["composed_split"], set()).update(row_of[i] for i in ids)
         texts.update(query_texts(fiq, trips))
     for cat, fiq in fiq_train.items():

@@ -456,3 +456,32 @@ def test_composition_caption_ids_share_captions_within_a_composition():
     assert U.composition_ids(arrays, np.array([0, 1])).tolist() == [301, 391]
     with pytest.raises(AtelierInputError, match="2 compositions for 3 caption rows"):
         U.composition_caption_ids(np.array([1, 2]), torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_a_test_gallery_naming_a_train_image_is_refused_by_the_stage_command(tmp_path):
+    """Issue 18: a Fashion-IQ test gallery listing a train image whose file exists used to end the
+    features stage in a bare ``KeyError``; the stage command now exits with one line naming the
+    split file and the id."""
+    import os
+    import subprocess
+    import sys
+
+    from lib.data.build import build_caption_dataset
+    from lib.paths import out_root
+
+    fmnist = data_dir() / "fashion-mnist"
+    if not fmnist.is_dir():
+        pytest.skip(f"{fmnist}: Fashion-MNIST not present (reproduce/run fetches it)")
+    build_caption_dataset(fmnist, U.caption_root(), max_per_split={"train": 300, "val": 40, "test": 100})
+    fiq = U.caption_root() / "fashioniq"
+    train_ids = json.loads((fiq / "image_splits" / "split.dress.train.json").read_text())
+    assert (fiq / "images" / f"{train_ids[0]}.png").is_file()  # the image exists: only its split is wrong
+    gallery_file = fiq / "image_splits" / "split.dress.test.json"
+    gallery_file.write_text(json.dumps(json.loads(gallery_file.read_text()) + [train_ids[0]]))
+    proc = subprocess.run([sys.executable, "-m", "lib.unifashion", "features", "--profile", "smoke",
+                           "--params", str(_params_file(tmp_path))], cwd=repo_root(), capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "ATELIER_OUT": str(out_root())})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "KeyError" not in proc.stderr, proc.stderr[-2000:]
+    assert "split.dress.test.json" in lines[0] and train_ids[0] in lines[0] and "'test' split" in lines[0]
