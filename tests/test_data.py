@@ -86,6 +86,27 @@ def test_fetch_from_gzip_source_verifies(tmp_path):
     assert not any((tmp_path / "dest2").glob("*-ubyte"))
 
 
+@pytest.mark.parametrize("damage", ["not gzip", "truncated"])
+def test_fetch_cli_names_a_corrupt_gzip_source_in_one_line(tmp_path, damage):
+    """Issue 18: a corrupt ``.gz`` source ended ``python -m lib.data.fashion_mnist fetch`` in a
+    22-line ``BadGzipFile`` traceback that named no file."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    name = next(iter(fashion_mnist.SHA256))
+    good = gzip.compress((FM_ROOT / name).read_bytes()[:4096], compresslevel=1)
+    (src / f"{name}.gz").write_bytes(b"this is not gzip" if damage == "not gzip" else good[: len(good) // 2])
+    proc = subprocess.run([sys.executable, "-m", "lib.data.fashion_mnist", "fetch", str(tmp_path / "dest"),
+                           "--source", str(src)], cwd=repo_root(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{name}.gz" in lines[0] and "corrupt" in lines[0]
+    assert not (tmp_path / "dest" / name).exists()
+
+
 # -- rendering and captions ---------------------------------------------------------------------
 
 def test_render_keeps_silhouette_and_paints_colour():
@@ -142,6 +163,24 @@ def test_build_is_deterministic(built, tmp_path):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     assert json.loads((out / "captions.json").read_text()) == json.loads((again / "captions.json").read_text())
+
+
+def test_rebuild_replaces_an_old_or_corrupt_fashioniq_png(tmp_path):
+    """Issue 18: rebuilding over a folder that held an old or corrupt PNG kept it, so the images
+    figures read and the npz the metrics read could disagree; a rebuild now rewrites what differs
+    and leaves identical files alone."""
+    limits = {"train": 60, "val": 20, "test": 40}
+    out = tmp_path / "captions"
+    build_caption_dataset(FM_ROOT, out, seed=3, val_size=1000, max_per_split=limits)
+    pngs = sorted((out / "fashioniq" / "images").glob("*.png"))
+    assert len(pngs) >= 2
+    first = {p.name: p.read_bytes() for p in pngs}
+    pngs[0].write_bytes(b"corrupt")
+    pngs[1].write_bytes(pngs[2].read_bytes())  # an old, valid PNG of another garment
+    untouched = pngs[3].stat().st_mtime_ns
+    build_caption_dataset(FM_ROOT, out, seed=3, val_size=1000, max_per_split=limits)
+    assert {p.name: p.read_bytes() for p in pngs} == first
+    assert pngs[3].stat().st_mtime_ns == untouched
 
 
 def test_splits_never_share_a_source_image(built):

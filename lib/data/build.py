@@ -186,8 +186,12 @@ def _write_fashioniq(rng, arrays, root: Path) -> dict:
                               [str(n) for n in a["names"][members]])
             for i in tqdm(members, desc=f"fashioniq images {fiq_cat}/{split}", leave=False, mininterval=2):
                 target = root / "images" / f"{a['names'][i]}.png"
-                if not target.exists():
+                buf = io.BytesIO()
+                Image.fromarray(a["images"][i]).save(buf, format="PNG")
+                # compared, not skipped when present: an old or corrupt PNG left in the folder would
+                # otherwise disagree with the npz the figures and metrics read (issue 18)
+                if not target.is_file() or target.read_bytes() != buf.getvalue():
                     with atomic_path(target, fsync=False) as tmp:
-                        Image.fromarray(a["images"][i]).save(tmp, format="PNG")
+                        Path(tmp).write_bytes(buf.getvalue())
             counts[f"{fiq_cat}/{split}"] = len(triplets)
     return counts

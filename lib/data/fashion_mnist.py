@@ -16,6 +16,7 @@ import gzip
 import math
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,12 @@ def fetch(dest: str | Path, source: str | Path | None = None) -> Path:
             found = _download_with_torchvision(name)
         with atomic_path(target) as tmp:
             opener = gzip.open if found.suffix == ".gz" else open
-            with opener(found, "rb") as src, open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out)
+            try:
+                with opener(found, "rb") as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a cut file, EOFError
+                raise AtelierInputError(f"{found}: cannot be read as {'gzip' if found.suffix == '.gz' else 'a file'} "
+                                        f"({type(err).__name__}: {err}); the file is corrupt ({HOW_TO_GET})") from None
             if sha256_file(tmp) != digest:
                 raise AtelierInputError(
                     f"{found}: decompressed content does not match Fashion-MNIST's checksum for {name}; "
