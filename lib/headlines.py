@@ -24,7 +24,7 @@ import yaml
 from .io import AtelierInputError, atomic_write_json, read_json
 from .paths import out_root, repo_root
 
-SLUG_MAX = 48  # per label field: keeps `dvc metrics show` under 200 columns
+SLUG_MAX = 40  # per label field: keeps `dvc metrics show` under 200 columns
 
 
 def slug(text: Any) -> str:
@@ -65,8 +65,9 @@ def load_spec(path: Path) -> dict:
         unknown = sorted(set(e["fields"].values()) - set(spec["columns"]))
         if unknown:
             raise AtelierInputError(f"{where}.fields: column(s) {unknown} not in 'columns' {spec['columns']}")
-        if "rows" in e and not e.get("label"):
-            raise AtelierInputError(f"{where}: 'rows' needs a 'label' (the row fields that name each file)")
+        if "rows" in e and not isinstance(e.get("label"), list):
+            raise AtelierInputError(f"{where}: 'rows' needs a 'label' (the row fields that name each file; "
+                                    "[] when the rows are a mapping whose keys name them)")
     return spec
 
 
@@ -93,7 +94,10 @@ def headlines(spec: Mapping[str, Any], root: Path) -> dict[str, dict[str, float 
                 continue
             if "rows" in e:
                 rows = lookup(body, e["rows"]) or []
-                items = [("_".join(slug(r.get(k)) for k in e["label"]), r) for r in rows if isinstance(r, dict)]
+                if isinstance(rows, Mapping):  # {label: row}: the key names the row
+                    items = [(slug(k), r) for k, r in rows.items() if isinstance(r, Mapping)]
+                else:
+                    items = [("_".join(slug(r.get(k)) for k in e["label"]), r) for r in rows if isinstance(r, Mapping)]
             else:
                 items = [("", body)]
             for label, row in items:
