@@ -4,6 +4,11 @@ Sources, all produced by earlier stages: ``results/<stage>/*.md`` tables (writte
 :func:`lib.tables.write_table`, paper rows labelled as the paper's), ``results/<stage>/metrics.json``
 (with provenance) and ``artifacts/figures/<stage>/*.png``. Nothing here computes or types a number:
 the report only quotes files.
+
+The figures live in the DVC cache (``artifacts/`` is not in git), so the report links compressed
+copies it writes to ``results/report/figures/<stage>/`` -- palette PNGs of at most
+:data:`MAX_FIGURE_BYTES` each and :data:`MAX_TOTAL_BYTES` in all, kept in git -- and a clone shows
+every picture without running anything (issue 20).
 """
 
 from __future__ import annotations
@@ -12,8 +17,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import atomic_write_text
+from .io import AtelierInputError, atomic_write_bytes, atomic_write_text
 from .paths import out_root
+
+#: budgets of the git-tracked figure copies (issue 20: <= 300 KB each, <= 8 MB in all)
+MAX_FIGURE_BYTES = 300_000
+MAX_TOTAL_BYTES = 8_000_000
 
 
 @dataclass
@@ -59,8 +68,58 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def render_markdown(sections: list[Section], report_dir: Path, root: Path | None = None) -> str:
-    """The report as Markdown; figure links are relative to ``report_dir``."""
+def compress_png(src: Path, max_bytes: int = MAX_FIGURE_BYTES) -> bytes:
+    """``src`` as a 256-colour palette PNG of at most ``max_bytes``, halving the area until it fits.
+
+    Matplotlib figures are flat colours and anti-aliased lines, which a 256-colour palette keeps
+    nearly exact at a fraction of the RGBA size. Deterministic: the same file gives the same bytes.
+    """
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(src) as im:
+            im.load()
+            rgba = im.convert("RGBA")
+    except (OSError, ValueError) as err:
+        raise AtelierInputError(f"{src}: not a readable image ({err})") from None
+    rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+    rgb.paste(rgba, mask=rgba.getchannel("A"))
+    scale = 1.0
+    while True:
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        frame = rgb if size == rgb.size else rgb.resize(size, Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        frame.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            buf, format="PNG", optimize=True)
+        if buf.tell() <= max_bytes or min(size) <= 16:
+            return buf.getvalue()
+        scale *= 0.7071  # half the area per try
+
+
+def export_figures(sections: list[Section], figure_dir: Path) -> dict[Path, Path]:
+    """Write the compressed copy of every section figure to ``figure_dir/<stage>/<name>.png``;
+    returns ``{original: copy}``. The per-figure budget shrinks so that the copies fit
+    :data:`MAX_TOTAL_BYTES` together; copies of figures no longer produced are removed."""
+    figures = [(sec.stage, fig) for sec in sections for fig in sec.figures]
+    per_figure = min(MAX_FIGURE_BYTES, MAX_TOTAL_BYTES // max(1, len(figures)))
+    copies = {}
+    for stage, fig in figures:
+        dest = figure_dir / stage / fig.name
+        atomic_write_bytes(dest, compress_png(fig, per_figure))
+        copies[fig] = dest
+    if figure_dir.is_dir():
+        for old in figure_dir.glob("*/*.png"):
+            if old not in copies.values():
+                old.unlink()
+    return copies
+
+
+def render_markdown(sections: list[Section], report_dir: Path, root: Path | None = None,
+                    copies: dict[Path, Path] | None = None) -> str:
+    """The report as Markdown; figure links are relative to ``report_dir`` and point at the
+    git-tracked ``copies`` of the figures where given (else at the originals)."""
     import os
 
     root = root or out_root()
@@ -83,7 +142,7 @@ def render_markdown(sections: list[Section], report_dir: Path, root: Path | None
             lines += [f"*Provenance:* profile `{prov.get('profile')}`, seed `{prov.get('seed')}`, "
                       f"git `{prov.get('git_revision')}`, device `{prov.get('device', {}).get('device')}`.", ""]
         for fig in sec.figures:
-            rel = os.path.relpath(fig, report_dir)
+            rel = Path(os.path.relpath((copies or {}).get(fig, fig), report_dir)).as_posix()
             lines += [f"![{sec.stage}: {fig.stem}]({rel})", ""]
     return "\n".join(lines) + "\n"
 
@@ -93,5 +152,7 @@ def write_report(report_dir: Path | None = None) -> Path:
     report_dir = report_dir or root / "results" / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / "report.md"
-    atomic_write_text(path, render_markdown(collect(root), report_dir, root))
+    sections = collect(root)
+    copies = export_figures(sections, report_dir / "figures")
+    atomic_write_text(path, render_markdown(sections, report_dir, root, copies))
     return path

@@ -57,3 +57,15 @@ ensure_data() {
   fi
   python -m lib.data.fashion_mnist verify data/fashion-mnist
 }
+
+ensure_java() {
+  # Caption metrics (UniFashion Table 2) run Java programs: pycocoevalcap's PTB tokenizer (Stanford
+  # CoreNLP) and METEOR. Without java the captioning stage reports those metrics as unavailable.
+  if command -v java >/dev/null 2>&1; then return 0; fi
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing Debian package default-jre-headless (Java, for the caption metrics)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless) >/dev/null \
+      && return 0
+  fi
+  say "warning: no Java (install a JRE, e.g. apt-get install default-jre-headless); BLEU/METEOR/CIDEr of the captioning stage will be reported as unavailable"
+}

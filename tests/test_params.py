@@ -94,3 +94,20 @@ def test_m6_condition_mixture_comes_from_params_and_reaches_the_trainer_probs(pa
     _with_m6_entry(params_file, condition_mixture=None)
     with pytest.raises(AtelierInputError, match=r"models\.m6\.condition_mixture: missing"):
         params.load("default", params_file)
+
+
+def test_params_yaml_is_in_the_layout_dvc_writes_back(tmp_path):
+    """Issue 20: `dvc exp run -S` re-serialised params.yaml (+107/-67 lines) because its layout was
+    not DVC's. DVC's own round trip must leave the file byte-identical, and setting one value
+    through it must change exactly one line."""
+    serialize = pytest.importorskip("dvc.utils.serialize")
+    original = (repo_root() / "params.yaml").read_text()
+    copy = tmp_path / "params.yaml"
+    shutil.copy(repo_root() / "params.yaml", copy)
+    with serialize.modify_yaml(copy):
+        pass
+    assert copy.read_text() == original
+    with serialize.modify_yaml(copy) as doc:
+        doc["seed"] = 7
+    changed = [(a, b) for a, b in zip(original.splitlines(), copy.read_text().splitlines()) if a != b]
+    assert len(original.splitlines()) == len(copy.read_text().splitlines()) and changed == [("seed: 0", "seed: 7")]

@@ -1,0 +1,175 @@
+"""Inference in three lines: a trained generator, prompts in, uint8 images out.
+
+    from lib.pipeline import GarmentPipeline
+    pipe = GarmentPipeline.from_trained("m6")              # checkpoints of the profile in params.yaml
+    images = pipe.text_to_image(["a red dotted dress", "a blue striped sneaker"], seed=0)
+    pipe.save(images, "garments.png")
+
+``images`` is ``uint8 [n, H, W, 3]``. :meth:`GarmentPipeline.inpaint` re-generates a pixel box of
+given images from a prompt (M6-Fashion Sec. 3.4 / Muse Sec. 3.4 zero-shot in-painting). The pieces
+are the ones the notebooks drive: the generator and its tokenizer from ``lib.generators``, a
+scheduler from ``lib.sampling`` (MaskGIT, M6-Fashion's SMART, or the autoregressive baseline),
+Muse's classifier-free guidance with a linearly increasing scale and an optional negative prompt
+(Muse Sec. 2.7). This module only wires them; it holds no model code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .io import AtelierInputError
+
+__all__ = ["GarmentPipeline", "to_uint8"]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float images ``[n, 3, H, W]`` in [-1, 1] -> ``uint8 [n, H, W, 3]`` (clamped)."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class GarmentPipeline:
+    """A trained token generator with the tokenizer that decodes its tokens and the sampler settings
+    (``generation.sampling`` of params.yaml)."""
+
+    def __init__(self, model, tokenizer, decoder=None, sampling: Mapping[str, Any] | None = None, *,
+                 name: str = "generator", encode: Callable[[list[str]], Any] | None = None):
+        from .generation.autoregressive import ARTransformer
+        from .synthesis import encode_prompts
+
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.decoder = decoder if decoder is not None else tokenizer
+        self.sampling = dict(sampling or {})
+        self.name = name
+        self.encode = encode or encode_prompts
+        self.autoregressive = isinstance(model, ARTransformer)
+
+    @classmethod
+    def from_trained(cls, name: str = "m6", profile: str | None = None, device: str = "cpu") -> "GarmentPipeline":
+        """The generator ``name`` of ``generation.models`` as the stages trained it (``profile``:
+        params.yaml's by default). Raises one error naming the checkpoint when it is not trained."""
+        from . import generators as GEN
+        from . import params as lib_params
+
+        P = lib_params.load(profile)
+        model, tok, dec = GEN.load_trained(P, name, device)
+        return cls(model, tok, dec, P["generation"]["sampling"], name=name)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _prompts(self, prompts: Sequence[str], what: str = "prompts") -> list[str]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise AtelierInputError(f"GarmentPipeline: {what} must be a non-empty list of non-empty strings")
+        return prompts
+
+    def _sampler(self, sampler: str | None) -> str:
+        if self.autoregressive:
+            if sampler not in (None, "autoregressive"):
+                raise AtelierInputError(f"GarmentPipeline: {self.name} is autoregressive; sampler must be "
+                                        f"'autoregressive', got {sampler!r}")
+            return "autoregressive"
+        sampler = sampler or "smart"
+        if sampler not in ("maskgit", "smart"):
+            raise AtelierInputError(f"GarmentPipeline: sampler must be 'maskgit' or 'smart' for {self.name}, "
+                                    f"got {sampler!r}")
+        return sampler
+
+    def _guidance(self, sampler: str, guidance: float | None):
+        """Muse Sec. 2.7: the scale rises linearly from 0 to ``guidance`` over the decoding steps."""
+        from .sampling import LinearGuidanceSchedule
+
+        if not guidance:
+            return 0.0
+        if sampler == "autoregressive":
+            raise AtelierInputError("GarmentPipeline: guidance is for the masked samplers (Muse CFG)")
+        steps = int(self.sampling.get("maskgit_steps", 12)) if sampler == "maskgit" else int(self.sampling.get("smart_T", 10)) + 1
+        return LinearGuidanceSchedule(float(guidance), steps)
+
+    # -- tasks -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def text_to_image(self, prompts: Sequence[str], *, sampler: str | None = None, guidance: float | None = None,
+                      negative_prompts: Sequence[str] | None = None, seed: int = 0) -> np.ndarray:
+        """One image per prompt. ``sampler``: ``smart`` (default), ``maskgit``, or ``autoregressive``
+        for the AR baseline; ``guidance``: the final classifier-free guidance scale (default none);
+        ``negative_prompts`` replace the unconditional branch of guidance (one per prompt)."""
+        from .synthesis import generate
+
+        prompts = self._prompts(prompts)
+        sampler = self._sampler(sampler)
+        negative = None
+        if negative_prompts is not None:
+            negative_prompts = self._prompts(negative_prompts, "negative_prompts")
+            if len(negative_prompts) != len(prompts):
+                raise AtelierInputError(f"GarmentPipeline: {len(negative_prompts)} negative_prompts for "
+                                        f"{len(prompts)} prompts (give one per prompt)")
+            if not guidance:
+                raise AtelierInputError("GarmentPipeline: negative_prompts act through guidance; set guidance > 0")
+            negative = self.encode(negative_prompts)
+        out = generate(self.model, self.decoder, self.encode(prompts), len(prompts), sampler, self.sampling,
+                       guidance=self._guidance(sampler, guidance), negative=negative, seed=seed)
+        return to_uint8(out["images"])
+
+    @torch.no_grad()
+    def inpaint(self, images: np.ndarray, box: tuple[int, int, int, int], prompts: Sequence[str], *,
+                sampler: str | None = None, seed: int = 0) -> np.ndarray:
+        """Re-generate the pixel box ``(top, left, height, width)`` of ``images`` (``uint8 [n, H, W, 3]``)
+        from ``prompts``; the tokens outside the box are kept. The box is widened to whole token cells
+        (the tokenizer's downsampling factor)."""
+        from .generators import tokenize_images
+        from .sampling import inpaint as inpaint_tokens
+        from .synthesis import decode, make_scheduler, sample_masked
+
+        if self.autoregressive:
+            raise AtelierInputError(f"GarmentPipeline: {self.name} is autoregressive; in-painting needs a masked generator")
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise AtelierInputError(f"GarmentPipeline.inpaint: images must be uint8 [n, H, W, 3], got "
+                                    f"{images.dtype} {list(images.shape)}")
+        prompts = self._prompts(prompts)
+        if len(prompts) != len(images):
+            raise AtelierInputError(f"GarmentPipeline.inpaint: {len(prompts)} prompts for {len(images)} images")
+        H, W = self.tokenizer.token_shape[:2]
+        fy, fx = images.shape[1] // H, images.shape[2] // W
+        top, left, height, width = (int(v) for v in box)
+        if not (0 <= top and 0 <= left and height > 0 and width > 0 and top + height <= images.shape[1]
+                and left + width <= images.shape[2]):
+            raise AtelierInputError(f"GarmentPipeline.inpaint: box {tuple(box)} (top, left, height, width) is not "
+                                    f"inside the {images.shape[1]}x{images.shape[2]} images")
+        t0, l0 = top // fy, left // fx
+        cells = (t0, l0, -(-(top + height) // fy) - t0, -(-(left + width) // fx) - l0)
+        grid = tokenize_images(self.tokenizer, images)
+        tokens, known = inpaint_tokens(grid, cells, (H, W), mask_id=self.model.config.mask_id)
+        sampler = self._sampler(sampler)
+        out = sample_masked(self.model, self.encode(prompts), len(images), lambda: make_scheduler(sampler, self.sampling),
+                            tokens=tokens, known=known, seed=seed)
+        return to_uint8(decode(self.decoder, out["tokens"]))
+
+    @staticmethod
+    def save(images: np.ndarray, path: str | Path, columns: int = 8) -> Path:
+        """Write ``uint8 [n, H, W, 3]`` images as one PNG grid (``columns`` per row), atomically."""
+        import io as _io
+
+        from PIL import Image
+
+        from .io import atomic_write_bytes
+
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not len(images):
+            raise AtelierInputError(f"GarmentPipeline.save: images must be uint8 [n, H, W, 3], got "
+                                    f"{images.dtype} {list(images.shape)}")
+        n, h, w, _ = images.shape
+        cols = max(1, min(int(columns), n))
+        rows = -(-n // cols)
+        sheet = np.full((rows * h, cols * w, 3), 255, np.uint8)
+        for i, im in enumerate(images):
+            r, c = divmod(i, cols)
+            sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = im
+        buf = _io.BytesIO()
+        Image.fromarray(sheet).save(buf, format="PNG")
+        return atomic_write_bytes(Path(path), buf.getvalue())
