@@ -24,12 +24,14 @@ import yaml
 from .io import AtelierInputError, atomic_write_json, read_json
 from .paths import out_root, repo_root
 
-SLUG_MAX = 40  # per label field: keeps `dvc metrics show` under 200 columns
+SLUG_MAX = 32  # per label field: keeps `dvc metrics show` under 200 columns
 
 
 def slug(text: Any) -> str:
     """A file-name part for a table label: lower case, runs of other characters as ``_``."""
     s = re.sub(r"[^a-z0-9.]+", "_", str(text).lower()).strip("_")
+    # every table marks its own rows "ours: ..."; in a file name beside the baselines it only costs width
+    s = s[len("ours_"):] if s.startswith("ours_") else s
     return (s[:SLUG_MAX].rstrip("_") or "row")
 
 

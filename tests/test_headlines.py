@@ -105,8 +105,8 @@ def test_committed_results_give_every_entry_rows_and_a_table_that_fits_a_termina
             assert any(n.startswith(prefix) for n in table), f"{e['name']}: no numbers found in {e['source']}"
     columns = sorted({c for cell in table.values() for c in cell})
     width = max(len(f"results/headlines/{n}.json") for n in table)
-    for c in columns:  # DVC pads every column to its widest value (5 significant digits) or header
-        values = [f"{cell[c]:.5g}" if isinstance(cell[c], float) else str(cell[c]) for cell in table.values() if c in cell]
+    for c in columns:  # DVC pads every column to its widest value (rounded to 5 decimals) or header
+        values = [str(round(cell[c], 5)) for cell in table.values() if c in cell]
         width += 2 + max(len(c), *map(len, values))
     assert width <= 200, f"dvc metrics show would be {width} columns wide"
     assert all(math.isfinite(v) for cell in table.values() for v in cell.values())
