@@ -110,3 +110,22 @@ def test_committed_results_give_every_entry_rows_and_a_table_that_fits_a_termina
         width += 2 + max(len(c), *map(len, values))
     assert width <= 200, f"dvc metrics show would be {width} columns wide"
     assert all(math.isfinite(v) for cell in table.values() for v in cell.values())
+
+
+def test_stage_command_writes_under_atelier_out_not_the_checkout(tmp_path):
+    """reproduce/test runs the stage command with ATELIER_OUT set: the headlines must land there,
+    not in the checkout's tracked results/headlines (a CI run once rewrote them)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    _put(out, "results/05_editing/metrics.json", {"metrics": {"inpaint_new_colour_accuracy": 0.5}})
+    cmd = yaml.safe_load((repo_root() / "dvc.yaml").read_text())["stages"]["headlines"]["cmd"]
+    before = sorted(p.read_bytes() for p in (repo_root() / "results" / "headlines").rglob("*.json"))
+    proc = subprocess.run(cmd, shell=True, cwd=repo_root(), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ATELIER_OUT": str(out), "PATH": os.path.dirname(sys.executable)
+                               + os.pathsep + os.environ.get("PATH", "")})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "results" / "headlines" / "05_editing" / "inpaint_new_colour.json").read_text()) == {"acc": 0.5}
+    assert sorted(p.read_bytes() for p in (repo_root() / "results" / "headlines").rglob("*.json")) == before
