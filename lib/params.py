@@ -15,13 +15,11 @@ from typing import Any, Callable
 
 import yaml
 
+from .data.render import SIZE as DATA_IMAGE_SIZE  # the side of every rendered image
 from .io import AtelierInputError
 from .paths import repo_root
 
 PROFILES = ("smoke", "default", "gpu")
-#: side of every image the data stage renders (lib.data.render.SIZE; a test keeps the two equal). Kept
-#: as a constant so that validating params.yaml never imports the data package.
-DATA_IMAGE_SIZE = 32
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -27,9 +27,10 @@ __all__ = ["GarmentPipeline", "to_uint8"]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float images ``[n, 3, H, W]`` in [-1, 1] -> ``uint8 [n, H, W, 3]`` (clamped)."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    """Float images ``[n, 3, H, W]`` in [-1, 1] -> ``uint8 [n, H, W, 3]`` (:func:`lib.figures.to_uint8_hwc`)."""
+    from .figures import to_uint8_hwc
+
+    return to_uint8_hwc(images.detach().float())
 
 
 class GarmentPipeline:
@@ -151,25 +152,20 @@ class GarmentPipeline:
         return to_uint8(decode(self.decoder, out["tokens"]))
 
     @staticmethod
-    def save(images: np.ndarray, path: str | Path, columns: int = 8) -> Path:
-        """Write ``uint8 [n, H, W, 3]`` images as one PNG grid (``columns`` per row), atomically."""
+    def save(images: np.ndarray, path: str | Path, columns: int = 8, pad: int = 2) -> Path:
+        """Write ``uint8 [n, H, W, 3]`` images as one PNG grid (:func:`lib.figures.image_grid`:
+        ``columns`` per row, ``pad`` white pixels between), atomically."""
         import io as _io
 
         from PIL import Image
 
+        from .figures import image_grid
         from .io import atomic_write_bytes
 
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not len(images):
             raise AtelierInputError(f"GarmentPipeline.save: images must be uint8 [n, H, W, 3], got "
                                     f"{images.dtype} {list(images.shape)}")
-        n, h, w, _ = images.shape
-        cols = max(1, min(int(columns), n))
-        rows = -(-n // cols)
-        sheet = np.full((rows * h, cols * w, 3), 255, np.uint8)
-        for i, im in enumerate(images):
-            r, c = divmod(i, cols)
-            sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = im
         buf = _io.BytesIO()
-        Image.fromarray(sheet).save(buf, format="PNG")
+        Image.fromarray(image_grid(images, ncol=max(1, min(int(columns), len(images))), pad=pad)).save(buf, format="PNG")
         return atomic_write_bytes(Path(path), buf.getvalue())

@@ -83,7 +83,7 @@ def test_bad_input_is_refused_by_name(call, message):
 
 def test_save_writes_a_grid_png(tmp_path):
     images = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (0, 100, 200)])
-    path = GarmentPipeline.save(images, tmp_path / "grid.png", columns=2)
+    path = GarmentPipeline.save(images, tmp_path / "grid.png", columns=2, pad=0)
     with Image.open(path) as im:
         arr = np.asarray(im)
     assert arr.shape == (16, 16, 3)

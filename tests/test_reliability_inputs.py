@@ -83,8 +83,3 @@ def test_image_size_not_divisible_by_the_downsampling_is_refused(tmp_path):
     with pytest.raises(AtelierInputError, match=r"divisible by the downsampling factor 64"):
         params.load("default", path)
 
-
-def test_data_image_size_constant_matches_the_renderer():
-    from lib.data import render
-
-    assert params.DATA_IMAGE_SIZE == render.SIZE
