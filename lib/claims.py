@@ -14,10 +14,21 @@ Verdicts (computed, never written):
 - ``reversed`` -- the opposite direction, interval excluding zero;
 - ``inconclusive`` -- the interval includes zero, or there is no interval (one seed per side).
 
-The interval of a difference of means is Welch's t interval over the seeds of each side (at least
-two per side); with one seed there is none, and the ledger says so instead of guessing. For
-``similar`` the claim holds when the whole interval lies inside +-margin (relative to the baseline),
-is reversed when it lies wholly outside, and is inconclusive otherwise.
+Which interval depends on what the comparison varies (the row's ``depends_on``):
+
+- ``training``: the two sides are separately trained models, so the spread that matters is between
+  training seeds: Welch's t interval of the difference of means over the seeds of each side (at
+  least two per side). With one seed there is none and the ledger says so instead of guessing; the
+  evaluation-only bootstrap interval is still reported (``sampling_interval``) to show how much of
+  the gap the evaluation's own noise could explain, but it never decides the verdict.
+- ``evaluation``: both sides use the same trained weights (two samplers, guidance on/off, two
+  query types) or measure something training does not change (decoding time), so the spread that
+  matters is the evaluation's: the percentile interval of the difference of bootstrap replicates
+  over the evaluation samples (:mod:`lib.uncertainty`; the stages store the replicates beside each
+  value as ``row["bootstrap"][metric]``).
+
+For ``similar`` the claim holds when the whole interval lies inside +-margin (relative to the
+baseline), is reversed when it lies wholly outside, and is inconclusive otherwise.
 """
 
 from __future__ import annotations
@@ -28,16 +39,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import uncertainty
 from .io import AtelierInputError, read_json
 
 VERDICTS = ("holds", "reversed", "inconclusive", "under-trained")
 DIRECTIONS = ("higher", "lower", "similar")
+DEPENDS_ON = ("training", "evaluation")
 PAPERS = ("M6-Fashion", "MoVQ", "Muse", "UniFashion")
 #: which params.yaml section a side's ``kind`` names its ``config`` in
 KIND_SECTIONS = {"tokenizer": ("tokenizers", "configs"), "finetune": ("tokenizers", "finetunes"),
                  "generator": ("generation", "models"),
                  "super_res": ("super_res",), "retrieval": ("retrieval", "steps")}
-ROW_KEYS = {"id", "paper", "where", "quote", "metric", "direction", "claimed", "baseline"}
+ROW_KEYS = {"id", "paper", "where", "quote", "metric", "direction", "depends_on", "claimed", "baseline"}
 SIDE_KEYS = {"kind", "config", "label", "file", "path"}
 #: still improving: the smoothed curve fell by more than this fraction over the last quarter
 PLATEAU_DROP = 0.03
@@ -71,6 +84,7 @@ class Claim:
     claimed: Side
     baseline: Side
     margin: float | None = None
+    depends_on: str = "training"
 
 
 def _side(source: str, cid: str, which: str, raw: Any) -> Side:
@@ -113,6 +127,9 @@ def parse_ledger(doc: Any, source: str = "claims.yaml") -> list[Claim]:
         if row["direction"] not in DIRECTIONS:
             raise AtelierInputError(f"{source}: claim {cid!r}.direction: must be one of {DIRECTIONS}, "
                                     f"got {row['direction']!r}")
+        if row["depends_on"] not in DEPENDS_ON:
+            raise AtelierInputError(f"{source}: claim {cid!r}.depends_on: must be one of {DEPENDS_ON}, "
+                                    f"got {row['depends_on']!r}")
         margin = row.get("margin")
         if (row["direction"] == "similar") != (margin is not None):
             raise AtelierInputError(f"{source}: claim {cid!r}.margin: required exactly when direction is 'similar'")
@@ -122,7 +139,8 @@ def parse_ledger(doc: Any, source: str = "claims.yaml") -> list[Claim]:
                             metric=str(row["metric"]), direction=row["direction"],
                             claimed=_side(source, cid, "claimed", row["claimed"]),
                             baseline=_side(source, cid, "baseline", row["baseline"]),
-                            margin=float(margin) if margin is not None else None))
+                            margin=float(margin) if margin is not None else None,
+                            depends_on=row["depends_on"]))
     return claims
 
 
@@ -174,20 +192,23 @@ def select(doc: Any, path: Sequence[Any], where: str = "") -> Any:
 def side_values(side: Side, root: Path) -> dict[str, Any]:
     """The side's value per seed: ``path`` is followed from the metrics JSON's ``metrics`` object;
     ``file`` may hold ``{seed}``, then every ``seed<k>`` file found counts, else the one file is one
-    seed. Missing or skipped results give ``values: []`` and a reason."""
+    seed. Missing or skipped results give ``values: []`` and a reason. ``replicates``: the bootstrap
+    replicates stored beside the value (``bootstrap[<last path key>]`` of the same row) when there is
+    exactly one seed, else None."""
     files: list[tuple[Any, Path]] = []
     if "{seed}" in side.file:
         pattern = side.file.replace("{seed}", "*")
         files = [(p.parent.name, p) for p in sorted(root.glob(pattern))]
     elif (root / side.file).is_file():
         files = [("main", root / side.file)]
-    values, seeds, missing = [], [], []
+    values, seeds, missing, reps = [], [], [], []
     for seed, path in files:
         doc = read_json(path)
         if isinstance(doc, Mapping) and doc.get("metrics", {}).get("skipped"):
             continue
+        metrics = doc.get("metrics", doc) if isinstance(doc, Mapping) else doc
         try:
-            v = select(doc.get("metrics", doc) if isinstance(doc, Mapping) else doc, side.path, f"{side.file}")
+            v = select(metrics, side.path, f"{side.file}")
         except MissingResult as err:
             missing.append(str(err))
             continue
@@ -195,9 +216,13 @@ def side_values(side: Side, root: Path) -> dict[str, Any]:
             continue
         values.append(float(v))
         seeds.append(seed)
+        holder = select(metrics, side.path[:-1], side.file) if len(side.path) > 1 else metrics
+        boot = holder.get("bootstrap") if isinstance(holder, Mapping) else None
+        reps.append(boot.get(side.path[-1]) if isinstance(boot, Mapping) else None)
     reason = None if values else (missing[0] if missing else
                                   f"no result at {side.file} (stage not run or skipped in this profile)")
-    return {"values": values, "seeds": seeds, "reason": reason}
+    replicates = [float(r) for r in reps[0]] if len(reps) == 1 and isinstance(reps[0], list) and reps[0] else None
+    return {"values": values, "seeds": seeds, "reason": reason, "replicates": replicates}
 
 
 def still_improving(curve: Sequence[float], drop: float = PLATEAU_DROP) -> dict[str, Any]:
@@ -233,12 +258,14 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
 
 
 def verdict(direction: str, interval: tuple[float, float] | None, under_trained: bool,
-            margin: float | None = None, baseline: float | None = None) -> tuple[str, str]:
-    """``(verdict, why)`` for a difference claimed - baseline with ``interval``."""
+            margin: float | None = None, baseline: float | None = None,
+            no_interval: str = "no interval: fewer than two seeds per side") -> tuple[str, str]:
+    """``(verdict, why)`` for a difference claimed - baseline with ``interval`` (``no_interval``: the
+    reason given when there is none)."""
     if under_trained:
         return "under-trained", "a side's training curve is still falling steeply at its end"
     if interval is None:
-        return "inconclusive", "no interval: fewer than two seeds per side"
+        return "inconclusive", no_interval
     lo, hi = interval
     if direction == "similar":
         band = margin * abs(baseline) if baseline else margin
@@ -288,19 +315,32 @@ def evaluate(claim: Claim, root: Path, level: float = 0.95,
                            "metric": claim.metric, "direction": claim.direction, "margin": claim.margin,
                            "claimed": sides["claimed"], "baseline": sides["baseline"], "curves": curves}
     if not a or not b:
-        row.update(verdict="inconclusive", why="; ".join(s["reason"] for s in sides.values() if s["reason"]),
+        for s in sides.values():
+            s.pop("replicates", None)
+        row.update(depends_on=claim.depends_on, verdict="inconclusive", why="; ".join(s["reason"] for s in sides.values() if s["reason"]),
                    difference=None, interval=None)
         return row
     diff = statistics.fmean(a) - statistics.fmean(b)
-    interval = welch_interval(a, b, level)
+    ra, rb = sides["claimed"].pop("replicates"), sides["baseline"].pop("replicates")
+    sampling = None
+    if ra and rb and len(ra) == len(rb):
+        sampling = list(uncertainty.difference_interval(ra, rb, level))
+    if claim.depends_on == "evaluation":
+        interval = tuple(sampling) if sampling else None
+        method = f"bootstrap over evaluation samples ({len(ra)} resamples; lib.uncertainty)" if sampling else None
+        no_interval = "no interval: a side has no bootstrap replicates"
+    else:
+        interval = welch_interval(a, b, level)
+        method = "Welch t over seeds (difference of means)" if interval else None
+        no_interval = "no interval: fewer than two seeds per side (a training-dependent comparison)"
     under = any(c.get("improving") for c in curves.values())
-    v, why = verdict(claim.direction, interval, under, claim.margin, statistics.fmean(b))
+    v, why = verdict(claim.direction, interval, under, claim.margin, statistics.fmean(b), no_interval)
     sign = {"higher": 1.0, "lower": -1.0}.get(claim.direction)
     row.update(difference=diff, interval=list(interval) if interval else None, level=level,
                point_estimate_agrees=(sign * diff > 0) if sign is not None else None,
-               seeds={"claimed": len(a), "baseline": len(b)},
-               interval_method="Welch t over seeds (difference of means)" if interval else None,
-               verdict=v, why=why)
+               seeds={"claimed": len(a), "baseline": len(b)}, depends_on=claim.depends_on,
+               interval_method=method, sampling_interval=sampling,
+               resamples=len(ra) if sampling else None, verdict=v, why=why)
     return row
 
 
@@ -338,9 +378,10 @@ def ledger_files(claims: Sequence[Claim]) -> list[str]:
     return sorted(files)
 
 
-def run(profile: str, root: Path | None = None, level: float = 0.95) -> dict[str, Any]:
+def run(profile: str, root: Path | None = None, level: float | None = None) -> dict[str, Any]:
     """Evaluate every claim of the ledger against ``root``'s results (default: :func:`lib.paths.out_root`)
-    and write ``results/09_claims/claims.json``; returns the written document's metrics."""
+    and write ``results/09_claims/claims.json``; returns the written document's metrics. ``level``:
+    the intervals' coverage (default params.yaml ``uncertainty.level``)."""
     import yaml
 
     from . import params as lib_params
@@ -348,6 +389,7 @@ def run(profile: str, root: Path | None = None, level: float = 0.95) -> dict[str
     from .provenance import run_info, write_metrics
 
     P = lib_params.load(profile)
+    level = float(P["uncertainty"]["level"]) if level is None else float(level)
     claims = load_ledger()
     problems = missing_configs(claims, P)
     if problems:
@@ -356,8 +398,11 @@ def run(profile: str, root: Path | None = None, level: float = 0.95) -> dict[str
     rows = [evaluate(c, Path(root) if root is not None else out_root(), level, paper_numbers) for c in claims]
     metrics = {"claims": rows, "summary": summarize(rows), "num_claims": len(rows)}
     prov = run_info(profile, int(P["seed"]), ledger="reproduce/claims.yaml",
-                    interval={"method": "Welch t interval of the difference of means over seeds (scipy.stats.t)",
-                              "level": level, "needs": "at least two seeds per side"},
+                    interval={"training": {"method": "Welch t interval of the difference of means over seeds "
+                                                         "(scipy.stats.t)", "needs": "at least two seeds per side"},
+                              "evaluation": {"method": uncertainty.METHOD,
+                                             "needs": "bootstrap replicates stored beside both sides' values"},
+                              "level": level},
                     under_trained={"rule": "a side's training curve fell by more than this fraction between the "
                                            "10% window a quarter of the run before the end and the last 10%",
                                    "threshold": PLATEAU_DROP},

@@ -342,6 +342,11 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "rfid_n": _int(10, 50000),
         "eval_n": _int(10, 10000, nullable=True),
     },
+    "uncertainty": {
+        "bootstrap_resamples": _int(2, 100000),
+        "level": _float(0.5, 0.999),
+        "seed": _int(0),
+    },
     "generation": {
         "dim": _int(8, 8192),
         "depth": _int(1, 128),

@@ -94,40 +94,67 @@ class JudgePanel:
     def score(self, images: torch.Tensor, *, test_images_u8: np.ndarray | None = None,
               targets: Mapping[str, Sequence[int] | torch.Tensor] | None = None,
               pooled_text: torch.Tensor | None = None, fid: bool = True, prc: bool = False,
-              splits: int = 10) -> dict[str, Any]:
+              splits: int = 10, bootstrap: bool = False) -> dict[str, Any]:
         """Every metric that applies to ``images`` (float ``[N,3,H,W]`` in [-1, 1]).
 
         ``targets``: requested attributes (``{attr: labels [N]}``, any subset of category / colour /
         pattern) for attribute accuracy; ``pooled_text``: the prompts' pooled MiniLM embeddings for
         CLIP-score; ``test_images_u8``: the real test split for the FID reference (needed if ``fid``).
+        ``bootstrap``: also resample the N images ``params.uncertainty.bootstrap_resamples`` times
+        (:mod:`lib.uncertainty`); the result then has ``"bootstrap": {"FID", "CLIP-score", "acc_joint":
+        replicates}`` for what was computed, keyed like the tables' columns, so a claim reads the
+        replicates next to the value.
         """
-        from .metrics import attribute_accuracy, classifier_score_splits, fid_kid
+        from . import uncertainty
+        from .metrics import attribute_accuracy, classifier_score_splits, fid_kid, inception_features
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise AtelierInputError(f"JudgePanel.score: images must be [N,3,H,W], got {tuple(images.shape)}")
         n = len(images)
+        if bootstrap:
+            if "uncertainty" not in self.params:
+                raise AtelierInputError("JudgePanel.score: bootstrap=True needs the params' 'uncertainty' section")
+            resamples = int(self.params["uncertainty"]["bootstrap_resamples"])
+            bootstrap_seed = int(self.params["uncertainty"]["seed"])
         out: dict[str, Any] = {"num_samples": n}
+        reps: dict[str, list[float]] = {}
         probs = self.predict(images)
         cs = classifier_score_splits(probs["probs_category"], splits=min(splits, n))
         out["classifier_score"], out["classifier_score_std"] = cs["mean"], cs["std"]
         if targets:
             pred = {a: probs[f"probs_{a}"].argmax(-1) for a in targets}
-            acc = attribute_accuracy(pred, {a: torch.as_tensor(np.asarray(v)) for a, v in targets.items()})
+            truth = {a: torch.as_tensor(np.asarray(v)) for a, v in targets.items()}
+            acc = attribute_accuracy(pred, truth)
             out.update({f"acc_{a}": v for a, v in acc["per_attribute"].items()})
             out["acc_joint"] = acc["joint"]
+            if bootstrap:
+                joint = np.all([(pred[a].cpu() == truth[a]).numpy() for a in targets], axis=0)
+                reps["acc_joint"] = uncertainty.replicates(joint, resamples, bootstrap_seed)
         if pooled_text is not None:
             if len(pooled_text) != n:
                 raise AtelierInputError(f"JudgePanel.score: {n} images but {len(pooled_text)} text embeddings")
-            out["clip_score"] = float(self.clip_scores(images, pooled_text).mean())
+            per_image = self.clip_scores(images, pooled_text)
+            out["clip_score"] = float(per_image.mean())
+            if bootstrap:
+                reps["CLIP-score"] = uncertainty.replicates(per_image.numpy(), resamples, bootstrap_seed)
         if fid:
             if test_images_u8 is None:
                 raise AtelierInputError("JudgePanel.score: fid=True needs test_images_u8 (the real reference set)")
-            f = fid_kid(to_uint8(images), self.reference(test_images_u8), prc=prc, progress=self.progress)
+            ref = self.reference(test_images_u8)
+            # Features once: the point FID and its bootstrap replicates come from the same ones.
+            feats = inception_features(to_uint8(images), progress=self.progress, desc="generated")
+            f = fid_kid(feats, ref, prc=prc, progress=self.progress)
+            if bootstrap:
+                reps["FID"] = uncertainty.fid_replicates(feats.numpy(), ref.features, resamples, bootstrap_seed)
             out.update(fid=f["fid"], kid=f["kid_mean"], kid_std=f["kid_std"])
             if prc:
                 out.update(precision=f["precision"], recall=f["recall"])
             out["fid_provenance"] = {k: f[k] for k in ("implementation", "feature_network", "feature_weights_sha256",
                                                        "num_samples", "fid_method", "seed", "reference_cache") if k in f}
+        if bootstrap:
+            out["bootstrap"] = {k: uncertainty.compact(v) for k, v in reps.items()}
+            out["bootstrap_provenance"] = {"method": uncertainty.METHOD, "resamples": resamples,
+                                           "seed": int(bootstrap_seed), "num_samples": n}
         return out
 
 

@@ -92,6 +92,7 @@ def test_evaluate_reads_every_seed_selects_rows_and_computes_the_verdict(tmp_pat
                {"metrics": {"rows": [{"model": "x", "FID": a}, {"model": "y", "FID": b}]}})
     _write(tmp_path, "r/loss_x.json", [{"step": i, "loss": 1.0} for i in range(100)])
     row = {"id": "t", "paper": "Muse", "where": "T1", "quote": "q", "metric": "FID", "direction": "lower",
+           "depends_on": "training",
            "claimed": {"kind": "generator", "config": "x", "label": "X", "file": "r/{seed}/metrics.json",
                        "path": ["rows", {"model": "x"}, "FID"], "curve": {"file": "r/loss_x.json", "key": "loss"}},
            "baseline": {"kind": "generator", "config": "y", "label": "Y", "file": "r/{seed}/metrics.json",
@@ -112,9 +113,58 @@ def test_evaluate_reads_every_seed_selects_rows_and_computes_the_verdict(tmp_pat
     assert missing["verdict"] == "inconclusive" and "no result at r/absent.json" in missing["why"]
 
 
+def _one_seed_claim(tmp_path, depends_on, claimed_reps, baseline_reps, a=10.0, b=12.0):
+    """Two rows of one results file, one seed, with stored bootstrap replicates (None: none stored)."""
+    rows = [{"model": "x", "FID": a}, {"model": "y", "FID": b}]
+    for r, reps in zip(rows, (claimed_reps, baseline_reps)):
+        if reps is not None:
+            r["bootstrap"] = {"FID": list(reps)}
+    _write(tmp_path, "r/metrics.json", {"metrics": {"rows": rows}})
+    row = {"id": "e", "paper": "Muse", "where": "T1", "quote": "q", "metric": "FID", "direction": "lower",
+           "depends_on": depends_on,
+           "claimed": {"kind": "generator", "config": "x", "label": "X", "file": "r/metrics.json",
+                       "path": ["rows", {"model": "x"}, "FID"]},
+           "baseline": {"kind": "generator", "config": "y", "label": "Y", "file": "r/metrics.json",
+                        "path": ["rows", {"model": "y"}, "FID"]}}
+    (claim,) = C.parse_ledger({"claims": [row]})
+    return C.evaluate(claim, tmp_path)
+
+
+def test_evaluation_claims_take_their_interval_from_the_stored_bootstrap_replicates(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.3, 200)
+    # replicate-wise differences around -2 (claimed lower, as claimed): the interval excludes zero
+    out = _one_seed_claim(tmp_path, "evaluation", 10 + noise, 12 + noise[::-1])
+    assert out["verdict"] == "holds" and out["interval"][1] < 0 and out["resamples"] == 200
+    lo, hi = np.quantile((10 + noise) - (12 + noise[::-1]), [0.025, 0.975])
+    assert math.isclose(out["interval"][0], lo) and math.isclose(out["interval"][1], hi)
+    assert "bootstrap" in out["interval_method"]
+    assert "replicates" not in out["claimed"]  # the JSON keeps the interval, not 2 x 200 numbers again
+    # the other way round: reversed; overlapping replicates: inconclusive
+    assert _one_seed_claim(tmp_path, "evaluation", 12 + noise, 10 + noise, 12.0, 10.0)["verdict"] == "reversed"
+    wide = rng.normal(0, 3.0, 200)
+    assert _one_seed_claim(tmp_path, "evaluation", 10 + wide, 10.5 + wide[::-1], 10.0, 10.5)["verdict"] == "inconclusive"
+    # a side without replicates: no interval, and the reason says which is missing
+    none = _one_seed_claim(tmp_path, "evaluation", 10 + noise, None)
+    assert none["verdict"] == "inconclusive" and none["why"] == "no interval: a side has no bootstrap replicates"
+
+
+def test_training_claims_never_take_a_verdict_from_evaluation_noise(tmp_path):
+    import numpy as np
+
+    noise = np.random.default_rng(1).normal(0, 0.3, 200)
+    out = _one_seed_claim(tmp_path, "training", 10 + noise, 12 + noise[::-1])
+    # the bootstrap alone would say "holds"; with one seed per side a training comparison has no interval
+    assert out["verdict"] == "inconclusive" and out["interval"] is None
+    assert "fewer than two seeds" in out["why"]
+    assert out["sampling_interval"][1] < 0  # reported as information
+
+
 def test_ledger_errors_name_the_claim_and_the_field():
     base = {"id": "a", "paper": "Muse", "where": "w", "quote": "q", "metric": "m", "direction": "lower",
-            "claimed": {"kind": "generator", "config": "x", "label": "l", "file": "f", "path": ["k"]},
+            "depends_on": "evaluation", "claimed": {"kind": "generator", "config": "x", "label": "l", "file": "f", "path": ["k"]},
             "baseline": {"kind": "generator", "config": "y", "label": "l", "file": "f", "path": ["k"]}}
     with pytest.raises(AtelierInputError, match=r"claim 'a'.direction: must be one of"):
         C.parse_ledger({"claims": [{**base, "direction": "better"}]}, "c.yaml")
@@ -122,6 +172,10 @@ def test_ledger_errors_name_the_claim_and_the_field():
         C.parse_ledger({"claims": [{**base, "direction": "similar"}]}, "c.yaml")
     with pytest.raises(AtelierInputError, match=r"claim 'a' baseline: unknown \['pth'\]"):
         C.parse_ledger({"claims": [{**base, "baseline": {**base["baseline"], "pth": 1}}]}, "c.yaml")
+    with pytest.raises(AtelierInputError, match=r"claim 'a'.depends_on: must be one of \('training', 'evaluation'\)"):
+        C.parse_ledger({"claims": [{**base, "depends_on": "seeds"}]}, "c.yaml")
+    with pytest.raises(AtelierInputError, match=r"claim 'a': missing \['depends_on'\]"):
+        C.parse_ledger({"claims": [{k: v for k, v in base.items() if k != "depends_on"}]}, "c.yaml")
     with pytest.raises(AtelierInputError, match="claim id 'a' appears twice"):
         C.parse_ledger({"claims": [base, base]}, "c.yaml")
     with pytest.raises(C.MissingResult, match=r"selector \{'model': 'z'\} matches no row"):
