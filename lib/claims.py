@@ -189,10 +189,34 @@ def select(doc: Any, path: Sequence[Any], where: str = "") -> Any:
     return node
 
 
+def select_each(doc: Any, path: Sequence[Any], where: str = "") -> list[tuple[Any, Any, Any]]:
+    """Like :func:`select`, but a selector may hold one field set to ``"*"`` (``{model: m6_pq, seed: "*"}``):
+    it then matches every row with the other fields, and each row is one seed. Returns
+    ``[(seed label, value, the mapping holding the value)]``: the label is the row's ``*`` field
+    (``None`` without a wildcard, one element)."""
+    for i, step in enumerate(path):
+        if isinstance(step, Mapping) and "*" in step.values():
+            wild = [k for k, v in step.items() if v == "*"]
+            if len(wild) != 1:
+                raise AtelierInputError(f"{where}: selector {dict(step)}: at most one field may be '*'")
+            node = select(doc, path[:i], where) if i else doc
+            if not isinstance(node, list):
+                raise AtelierInputError(f"{where}: selector {dict(step)} needs a list, found {type(node).__name__}")
+            fixed = {k: v for k, v in step.items() if v != "*"}
+            hits = [r for r in node if isinstance(r, Mapping) and wild[0] in r
+                    and all(r.get(k) == v for k, v in fixed.items())]
+            if not hits:
+                raise MissingResult(f"{where}: selector {dict(step)} matches no row")
+            rest = list(path[i + 1:])
+            return [(r[wild[0]], select(r, rest, where), select(r, rest[:-1], where) if rest else r) for r in hits]
+    holder = select(doc, path[:-1], where) if len(path) > 1 else doc
+    return [(None, select(doc, path, where), holder)]
+
+
 def side_values(side: Side, root: Path) -> dict[str, Any]:
     """The side's value per seed: ``path`` is followed from the metrics JSON's ``metrics`` object;
-    ``file`` may hold ``{seed}``, then every ``seed<k>`` file found counts, else the one file is one
-    seed. Missing or skipped results give ``values: []`` and a reason. ``replicates``: the bootstrap
+    ``file`` may hold ``{seed}``, then every ``seed<k>`` file found counts; a ``"*"`` field of a row
+    selector (:func:`select_each`) makes every matching row one seed; else the one value is one seed. Missing or skipped results give ``values: []`` and a reason. ``replicates``: the bootstrap
     replicates stored beside the value (``bootstrap[<last path key>]`` of the same row) when there is
     exactly one seed, else None."""
     files: list[tuple[Any, Path]] = []
@@ -208,17 +232,17 @@ def side_values(side: Side, root: Path) -> dict[str, Any]:
             continue
         metrics = doc.get("metrics", doc) if isinstance(doc, Mapping) else doc
         try:
-            v = select(metrics, side.path, f"{side.file}")
+            found = select_each(metrics, side.path, f"{side.file}")
         except MissingResult as err:
             missing.append(str(err))
             continue
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        values.append(float(v))
-        seeds.append(seed)
-        holder = select(metrics, side.path[:-1], side.file) if len(side.path) > 1 else metrics
-        boot = holder.get("bootstrap") if isinstance(holder, Mapping) else None
-        reps.append(boot.get(side.path[-1]) if isinstance(boot, Mapping) else None)
+        for label, v, holder in found:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            values.append(float(v))
+            seeds.append(seed if label is None else f"seed{label}")
+            boot = holder.get("bootstrap") if isinstance(holder, Mapping) else None
+            reps.append(boot.get(side.path[-1]) if isinstance(boot, Mapping) else None)
     reason = None if values else (missing[0] if missing else
                                   f"no result at {side.file} (stage not run or skipped in this profile)")
     replicates = [float(r) for r in reps[0]] if len(reps) == 1 and isinstance(reps[0], list) and reps[0] else None

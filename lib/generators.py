@@ -54,6 +54,21 @@ def is_active(section: Mapping[str, Any], name: str) -> bool:
     return steps_of(section, name) > 0
 
 
+def seed_of(params: Mapping[str, Any], name: str) -> int:
+    """The training seed of ``name``: its own ``seed`` if it is a seed replica, else the top-level one."""
+    _known(params["generation"], name)
+    return int(params["generation"]["models"][name].get("seed", params["seed"]))
+
+
+def seed_runs(params: Mapping[str, Any], name: str) -> dict[int, str]:
+    """``{seed: entry name}`` of ``name`` and every seed replica of it (issue 17), original first."""
+    models = params["generation"]["models"]
+    _known(params["generation"], name)
+    runs = {seed_of(params, name): name}
+    runs.update({seed_of(params, n): n for n, m in models.items() if m.get("replicates") == name})
+    return runs
+
+
 def checkpoint_path(name: str) -> Path:
     return out_root() / "artifacts" / "generators" / name / CHECKPOINT
 
@@ -259,11 +274,12 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
     from .training import write_loss_curve
 
     P = lib_params.load(profile)
-    G, seed = P["generation"], P["seed"]
+    G = P["generation"]
     steps = steps_of(G, name)
     if steps == 0:
         return run_skipped(profile, [name])
     entry = G["models"][name]
+    seed = seed_of(P, name)  # a seed replica's own seed (issue 17), else the profile's
     torch.manual_seed(seed)
     root = caption_root()
     train, test = load_split(root, "train"), load_split(root, "test")

@@ -147,7 +147,10 @@ GENERATOR_KINDS = ("masked", "autoregressive")
 TEXT_MODES = ("none", "cross_attention", "in_sequence")
 GENERATOR_OBJECTIVES = ("muse", "m6", "class")
 GENERATOR_KEYS = ("kind", "tokenizer", "decode_with", "text_mode", "objective", "max_visual_tokens",
-                  "condition_mixture")
+                  "condition_mixture", "replicates", "seed")
+#: a seed replica (issue 17: several training seeds per compared configuration) names the entry it
+#: repeats and its own seed; it must equal that entry in every other key (checked below)
+REPLICA_KEYS = ("replicates", "seed")
 #: M6-Fashion Sec. 3.3's {v,t}, {v}, {t}, {} probabilities: the prose reading (text-only 0.55) or the
 #: printed one ({v} 0.55); lib.generation.masking.COMBINATION_PROBS_PROSE / _PRINTED hold the numbers.
 CONDITION_MIXTURES = ("prose", "printed")
@@ -180,6 +183,14 @@ def _generator_entry(name: str, entry: Any) -> list[str]:
             problems.append(".condition_mixture: only the m6 objective samples condition combinations (M6-Fashion Sec. 3.3)")
     elif entry.get("objective") == "m6":
         problems.append(".condition_mixture: missing; the m6 objective needs prose or printed (M6-Fashion Sec. 3.3)")
+    if ("replicates" in entry) != ("seed" in entry):
+        problems.append(": a seed replica needs both replicates (the entry it repeats) and seed")
+    elif "seed" in entry:
+        problem = _int(0)(entry["seed"])
+        if problem:
+            problems.append(f".seed: {problem}")
+        if not isinstance(entry["replicates"], str):
+            problems.append(f".replicates: must name another entry of generation.models, got {entry['replicates']!r}")
     return problems
 
 
@@ -266,6 +277,33 @@ def _check_generation(params: dict) -> list[str]:
                           f"(known: {', '.join(known_tok)})")
     if gen["dim"] % gen["heads"]:
         errors.append(f"generation.dim: {gen['dim']} must be divisible by generation.heads ({gen['heads']})")
+    errors += _check_replicas(models, steps, int(params.get("seed", 0)))
+    return errors
+
+
+def _check_replicas(models: dict, steps: dict, seed: int) -> list[str]:
+    """A seed replica repeats an entry exactly (only its seed differs), trains as long (or, in a
+    profile that cannot afford it, not at all), and has a seed no other run of that configuration uses (the original runs with the
+    top-level ``seed``)."""
+    errors, used = [], {}
+    for n, m in models.items():
+        if "replicates" not in m:
+            continue
+        base = m["replicates"]
+        if base not in models or "replicates" in models[base]:
+            errors.append(f"generation.models.{n}.replicates: {base!r} is not an original entry of generation.models")
+            continue
+        differ = sorted(k for k in set(m) | set(models[base]) if k not in REPLICA_KEYS and m.get(k) != models[base].get(k))
+        if differ:
+            errors.append(f"generation.models.{n}: a seed replica of {base!r} must equal it except in seed; "
+                          f"differs in {', '.join(differ)}")
+        if steps.get(n) not in (0, steps.get(base)):
+            errors.append(f"generation.steps.{n}: {steps.get(n)} steps, but the entry it replicates ({base}) has "
+                          f"{steps.get(base)}: a replica trains as long as its original (or not at all: 0)")
+        if m["seed"] == seed or m["seed"] in used.get(base, ()):
+            errors.append(f"generation.models.{n}.seed: {m['seed']} is already used by another run of {base!r} "
+                          f"(the original trains with the top-level seed {seed})")
+        used.setdefault(base, set()).add(m["seed"])
     return errors
 
 

@@ -81,18 +81,25 @@ def composed(qformer, categories: Mapping[str, dict], R: Mapping[str, Any],
 
 def composition_recall(qformer, categories: Mapping[str, Mapping[str, Any]], composition_of: Mapping[str, int],
                        variants: Sequence[str] = ("image only", "text only", "full"),
-                       ks: Sequence[int] = (1, 10, 50)) -> dict:
+                       ks: Sequence[int] = (1, 10, 50), bootstrap: Mapping[str, int] | None = None) -> dict:
     """Composed retrieval where any gallery garment of the target's (category, colour, pattern)
     composition counts, not only the target itself (reference excluded, as in Table 4).
 
     Our triplets' target is one of the ~25 gallery garments of its composition per 1000, and the
     modification text says nothing that singles it out; this recall shows how often the query gets
     the requested attributes right. ``composition_of``: image id -> composition id.
-    Returns ``{variant: {"per_category": {cat: {"R@k"}}, "average": {"R@k"}}}``."""
-    from .metrics.retrieval import recall_at_k
+    Returns ``{variant: {"per_category": {cat: {"R@k"}}, "average": {"R@k"}}}``.
+
+    ``bootstrap``: ``{"resamples", "seed"}`` (params.yaml ``uncertainty``): the queries of each category
+    are resampled with replacement (:mod:`lib.uncertainty`, one index stream per category, the same for
+    every variant, so variants are compared on the same resampled queries) and the category average
+    recomputed; ``average["bootstrap"] = {"R@k": replicates}``."""
+    from . import uncertainty
+    from .metrics.retrieval import ranks_of_best_positive, recall_at_k
     from .retrieval.evaluate import composed_similarity, embed_composed, embed_images, embed_texts
 
     out = {v: {"per_category": {}} for v in variants}
+    hits: dict[str, dict[str, dict[int, np.ndarray]]] = {v: {} for v in variants}
     for cat, d in categories.items():
         gallery = embed_images(qformer, d["gallery_feats"])
         queries = {"composed": embed_composed(qformer, d["reference_feats"], d["text_tokens"], d["text_mask"]),
@@ -108,9 +115,20 @@ def composition_recall(qformer, categories: Mapping[str, Mapping[str, Any]], com
                     sim[row, col[ref]] = float("-inf")
             res = recall_at_k(sim, positives, ks)
             out[v]["per_category"][cat] = {f"R@{k}": res[f"R@{k}"] for k in ks}
+            if bootstrap:
+                ranks = ranks_of_best_positive(sim, positives).numpy()
+                hits[v][cat] = {k: (ranks < k).astype(np.float64) for k in ks}
     for v in variants:
         out[v]["average"] = {f"R@{k}": float(np.mean([r[f"R@{k}"] for r in out[v]["per_category"].values()]))
                              for k in ks}
+    if bootstrap:
+        B, seed = int(bootstrap["resamples"]), int(bootstrap["seed"])
+        idx = {cat: uncertainty.resample_indices(len(d["target_ids"]), B, seed, stream=f"composition/{cat}")
+               for cat, d in categories.items()}
+        for v in variants:
+            out[v]["average"]["bootstrap"] = {
+                f"R@{k}": uncertainty.compact(np.mean([hits[v][cat][k][idx[cat]].mean(axis=1) for cat in categories],
+                                                      axis=0).tolist()) for k in ks}
     return out
 
 

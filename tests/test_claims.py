@@ -151,6 +151,28 @@ def test_evaluation_claims_take_their_interval_from_the_stored_bootstrap_replica
     assert none["verdict"] == "inconclusive" and none["why"] == "no interval: a side has no bootstrap replicates"
 
 
+def test_a_wildcard_selector_reads_every_seed_row_and_gives_a_welch_interval(tmp_path):
+    rows = [{"model": m, "seed": s, "FID": v} for m, vals in (("pq", (100.0, 101.0, 99.5)), ("rq", (110.0, 112.0, 111.0)))
+            for s, v in enumerate(vals)]
+    _write(tmp_path, "r/metrics.json", {"metrics": {"seeds": rows + [{"model": "pq", "FID": 1.0}]}})  # no seed: not one
+    row = {"id": "w", "paper": "M6-Fashion", "where": "T4", "quote": "q", "metric": "FID", "direction": "lower",
+           "depends_on": "training",
+           "claimed": {"kind": "generator", "config": "pq", "label": "PQ", "file": "r/metrics.json",
+                       "path": ["seeds", {"model": "pq", "seed": "*"}, "FID"]},
+           "baseline": {"kind": "generator", "config": "rq", "label": "RQ", "file": "r/metrics.json",
+                        "path": ["seeds", {"model": "rq", "seed": "*"}, "FID"]}}
+    (claim,) = C.parse_ledger({"claims": [row]})
+    out = C.evaluate(claim, tmp_path)
+    assert out["claimed"]["values"] == [100.0, 101.0, 99.5] and out["claimed"]["seeds"] == ["seed0", "seed1", "seed2"]
+    assert out["seeds"] == {"claimed": 3, "baseline": 3}
+    assert out["interval"] == list(C.welch_interval([100.0, 101.0, 99.5], [110.0, 112.0, 111.0]))
+    assert out["verdict"] == "holds" and out["interval_method"].startswith("Welch")
+    claim.claimed.path = ["seeds", {"model": "vq", "seed": "*"}, "FID"]
+    assert "matches no row" in C.evaluate(claim, tmp_path)["why"]
+    with pytest.raises(AtelierInputError, match="at most one field may be"):
+        C.select_each({"seeds": rows}, ["seeds", {"model": "*", "seed": "*"}, "FID"], "f.json")
+
+
 def test_training_claims_never_take_a_verdict_from_evaluation_noise(tmp_path):
     import numpy as np
 

@@ -96,6 +96,38 @@ def test_m6_condition_mixture_comes_from_params_and_reaches_the_trainer_probs(pa
         params.load("default", params_file)
 
 
+def _edit_models(params_file, fn):
+    raw = yaml.safe_load(params_file.read_text())
+    fn(raw)
+    params_file.write_text(yaml.safe_dump(raw))
+
+
+def test_seed_replicas_repeat_their_entry_but_for_the_seed_and_train_as_long(params_file):
+    from lib import generators as GEN
+
+    P = params.load("default")
+    assert GEN.seed_runs(P, "m6_pq") == {0: "m6_pq", 1: "m6_pq_seed1", 2: "m6_pq_seed2"}
+    assert GEN.seed_of(P, "m6_pq") == P["seed"] == 0 and GEN.seed_of(P, "m6_pq_seed2") == 2
+    assert GEN.seed_runs(P, "muse") == {0: "muse"}  # no replicas: the one run
+    # a replica that differs in anything but its seed is refused, naming the key
+    _edit_models(params_file, lambda r: r["generation"]["models"]["m6_pq_seed1"].update(tokenizer="rq"))
+    with pytest.raises(AtelierInputError, match=r"m6_pq_seed1: a seed replica of 'm6_pq' must equal it except in seed; "
+                                                r"differs in tokenizer"):
+        params.load("default", params_file)
+    shutil.copy(repo_root() / "params.yaml", params_file)
+    _edit_models(params_file, lambda r: r["profiles"]["default"]["generation"]["steps"].update(m6_pq_seed1=100))
+    with pytest.raises(AtelierInputError, match=r"steps.m6_pq_seed1: 100 steps, but the entry it replicates \(m6_pq\) has 300"):
+        params.load("default", params_file)
+    shutil.copy(repo_root() / "params.yaml", params_file)
+    _edit_models(params_file, lambda r: r["generation"]["models"]["m6_pq_seed2"].update(seed=1))
+    with pytest.raises(AtelierInputError, match=r"m6_pq_seed2.seed: 1 is already used by another run of 'm6_pq'"):
+        params.load("default", params_file)
+    shutil.copy(repo_root() / "params.yaml", params_file)
+    _edit_models(params_file, lambda r: r["generation"]["models"]["m6_pq_seed2"].pop("seed"))
+    with pytest.raises(AtelierInputError, match=r"m6_pq_seed2: a seed replica needs both replicates"):
+        params.load("default", params_file)
+
+
 def test_params_yaml_is_in_the_layout_dvc_writes_back(tmp_path):
     """Issue 20: `dvc exp run -S` re-serialised params.yaml (+107/-67 lines) because its layout was
     not DVC's. DVC's own round trip must leave the file byte-identical, and setting one value

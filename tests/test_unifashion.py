@@ -279,6 +279,20 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     for cat in cats:
         for k in ("R@10", "R@50"):
             assert loose["full"]["per_category"][cat][k] >= res["per_category"][cat]["full"][k] - 1e-9
+    # bootstrap over queries: replicates beside the averages, the same resampled queries for every variant
+    boot = E.composition_recall(q2, cats, ws.composition_of("test"), variants=("full", "image only"), ks=(10, 50),
+                                bootstrap={"resamples": 40, "seed": 0})
+    for v in ("full", "image only"):
+        reps = boot[v]["average"]["bootstrap"]
+        assert set(reps) == {"R@10", "R@50"} and all(len(r) == 40 for r in reps.values())
+        assert all(0.0 <= x <= 1.0 for x in reps["R@10"]) and min(reps["R@10"]) <= max(reps["R@10"])
+        assert {k: x for k, x in boot[v]["average"].items() if k != "bootstrap"} == \
+            {k: x for k, x in E.composition_recall(q2, cats, ws.composition_of("test"), variants=(v,),
+                                                   ks=(10, 50))[v]["average"].items()}
+        assert all(r50 >= r10 for r10, r50 in zip(reps["R@10"], reps["R@50"]))  # same resamples for every K
+    assert boot["full"]["average"]["bootstrap"] == E.composition_recall(
+        q2, cats, ws.composition_of("test"), variants=("full",), ks=(10, 50),
+        bootstrap={"resamples": 40, "seed": 0})["full"]["average"]["bootstrap"]  # deterministic
     top = E.composed_topk(q2, cats["dress"], k=3, queries=[0])[0]
     assert len(top["top"]) == 3 and top["reference"] not in top["top"]
     fig = E.composed_figure(ws, [top], "test", title="t")
