@@ -143,10 +143,18 @@ def render_claims(doc: dict[str, Any], sha256: str) -> str:
         papers.setdefault(r["paper"], {}).setdefault(r["verdict"], 0)
         papers[r["paper"]][r["verdict"]] += 1
     per = "; ".join(f"{p}: " + ", ".join(f"{n} {v}" for v, n in sorted(c.items())) for p, c in papers.items())
+    decided = [r for r in m["claims"] if r["verdict"] in ("holds", "reversed", "inconclusive")]
+    boot = sum(1 for r in decided if r.get("interval") and r.get("depends_on") == "evaluation")
+    seeds = sum(1 for r in decided if r.get("interval") and r.get("depends_on") != "evaluation")
+    none = sum(1 for r in decided if not r.get("interval"))
     return (f"Claims ledger, from [`{CLAIMS_JSON_PATH}`]({CLAIMS_JSON_PATH}) (sha256 `{sha256[:16]}`; profile "
             f"`{prov.get('profile')}`, git `{str(prov.get('git_revision'))[:8]}`): of {m['num_claims']} relative claims "
             f"of the four papers, **{s['holds']} hold, {s['reversed']} are reversed, {s['inconclusive']} are "
-            f"inconclusive and {s['under-trained']} are under-trained** at our scale ({per}). Verdicts are computed "
+            f"inconclusive and {s['under-trained']} are under-trained** at our scale ({per}). Of the claims not "
+            f"under-trained, {boot} have a bootstrap interval over evaluation samples (same weights compared two "
+            f"ways), {seeds} an interval over training seeds, and {none} no interval (one training seed per side, "
+            f"or no stored replicates). "
+            f"Verdicts are computed "
             f"by `lib/claims.py` from the ledger `reproduce/claims.yaml`; `notebooks/09_claims.ipynb` shows each "
             f"claim with both sides, the interval and the paper's numbers.")
 

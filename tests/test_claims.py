@@ -217,13 +217,16 @@ def _readme_speed():
 
 def test_readme_claims_block_counts_the_verdicts_of_the_json():
     RS = _readme_speed()
-    rows = [{"paper": "MoVQ", "verdict": "holds"}, {"paper": "MoVQ", "verdict": "under-trained"},
-            {"paper": "Muse", "verdict": "inconclusive"}]
+    rows = [{"paper": "MoVQ", "verdict": "holds", "interval": [1, 2], "depends_on": "training"},
+            {"paper": "MoVQ", "verdict": "under-trained"},
+            {"paper": "Muse", "verdict": "inconclusive", "interval": None, "depends_on": "evaluation"}]
     doc = {"metrics": {"claims": rows, "summary": C.summarize(rows), "num_claims": 3},
            "provenance": {"profile": "default", "git_revision": "0123456789ab"}}
     block = RS.render_claims(doc, "ef" * 32)
     assert "of 3 relative claims" in block and "**1 hold, 0 are reversed, 1 are inconclusive and 1 are under-trained**" in block
     assert "MoVQ: 1 holds, 1 under-trained; Muse: 1 inconclusive" in block and "sha256 `efefefefefefefef`" in block
+    assert ("0 have a bootstrap interval over evaluation samples (same weights compared two ways), 1 an interval "
+            "over training seeds, and 1 no interval") in block
 
 
 def test_readme_claims_block_matches_the_committed_json():

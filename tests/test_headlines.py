@@ -129,12 +129,15 @@ def test_stage_command_writes_under_atelier_out_not_the_checkout(tmp_path):
     import sys
 
     out = tmp_path / "out"
-    _put(out, "results/05_editing/metrics.json", {"metrics": {"inpaint_new_colour_accuracy": 0.5}})
+    _put(out, "results/05_editing/metrics.json",
+         {"metrics": {"tasks": [{"task": "in-painting (own caption)", "preserved_psnr": 30.0, "attribute_accuracy": 0.5,
+                                 "FID": 80.0}]}})
     cmd = yaml.safe_load((repo_root() / "dvc.yaml").read_text())["stages"]["headlines"]["cmd"]
     before = sorted(p.read_bytes() for p in (repo_root() / "results" / "headlines").rglob("*.json"))
     proc = subprocess.run(cmd, shell=True, cwd=repo_root(), capture_output=True, text=True, timeout=120,
                           env={**os.environ, "ATELIER_OUT": str(out), "PATH": os.path.dirname(sys.executable)
                                + os.pathsep + os.environ.get("PATH", "")})
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((out / "results" / "headlines" / "05_editing" / "inpaint_new_colour.json").read_text()) == {"acc": 0.5}
+    assert json.loads((out / "results" / "headlines" / "05_editing" / "in_painting_own_caption.json").read_text()) == \
+        {"psnr": 30.0, "acc": 0.5, "fid": 80.0}
     assert sorted(p.read_bytes() for p in (repo_root() / "results" / "headlines").rglob("*.json")) == before

@@ -11,7 +11,7 @@ import lib.metrics as M
 from lib import uncertainty as U
 from lib.io import AtelierInputError
 from lib.metrics.image_quality import ReferenceStats
-from lib.scoring import JudgePanel
+from lib.scoring import JudgePanel, region_psnr
 
 
 def _panel(monkeypatch, params):
@@ -61,3 +61,19 @@ def test_bootstrap_without_an_uncertainty_section_names_it(monkeypatch):
     panel, *_ = _panel(monkeypatch, {})
     with pytest.raises(AtelierInputError, match="'uncertainty' section"):
         panel.score(torch.zeros(30, 3, 8, 8), fid=False, bootstrap=True)
+
+
+def test_region_psnr_counts_only_the_kept_cells():
+    source = torch.zeros(2, 3, 8, 8)
+    edited = source.clone()
+    edited[:, :, :4] = 1.0                      # the top half changed by 1.0 in [-1, 1]: 0.5 in [0, 1]
+    bottom = torch.zeros(4, 4, dtype=torch.bool)
+    bottom[2:] = True                           # token cells of 2x2 pixels: the bottom half
+    assert region_psnr(edited, source, bottom) == pytest.approx(100.0)       # untouched: the 100 dB cap
+    top = ~bottom
+    assert region_psnr(edited, source, top) == pytest.approx(10 * np.log10(1 / 0.25))  # MSE 0.25 -> 6.02 dB
+    # per image: a [N, H, W] region; an empty one is refused
+    with pytest.raises(AtelierInputError, match="empty region"):
+        region_psnr(edited, source, torch.zeros(2, 4, 4, dtype=torch.bool))
+    with pytest.raises(AtelierInputError, match="region must be"):
+        region_psnr(edited, source, torch.ones(3, 4, 4, dtype=torch.bool))
