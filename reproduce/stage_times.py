@@ -13,6 +13,11 @@ SIGTERM, SIGHUP) or killed (SIGKILL: a watcher process notices and kills the gro
 dies and leaves stage processes behind (``kill -9`` of ``dvc``), so no stage outlives the run
 that started it.
 
+When a notebook stage fails, papermill prints its whole traceback (65 lines for a bad idx file, issue
+18) before the library's one-line reason; the wrapper ends the run with that reason, read from the
+error cell of the notebook the failed stage executed (``artifacts/executed/``), and records it in the
+JSON as the stage's ``error``.
+
 ``--started``: when the whole run began (``reproduce/run`` passes its start, so environment and
 data set-up count in ``total_seconds``). Default output: ``results/timing/<profile>.json``, except
 the smoke profile's, which goes to ``artifacts/timing/smoke.json`` (a smoke run leaves the committed
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import queue
 import re
@@ -98,6 +104,30 @@ class StageClock:
         return self.doc
 
 
+def notebook_error(executed: Path, since: float) -> dict[str, Any] | None:
+    """The first error a notebook executed at or after ``since`` (epoch seconds) under ``executed``
+    holds: ``{"notebook", "cell", "error"}`` with ``error`` the exception's one line (``Name: message``),
+    or None when no such notebook has one. Papermill writes the output notebook, error cell included,
+    before it fails, so this is the failed stage's own reason."""
+    if not executed.is_dir():
+        return None
+    recent = sorted((p for p in executed.rglob("*.ipynb") if p.stat().st_mtime >= since),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in recent:
+        try:
+            cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+        except (OSError, ValueError):
+            continue  # half written, or not a notebook: nothing to report from it
+        code_cells = [c for c in cells if c.get("cell_type") == "code"]
+        for number, cell in enumerate(code_cells, 1):
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    evalue = " ".join(str(output.get("evalue", "")).split())
+                    return {"notebook": os.path.relpath(path), "cell": number,
+                            "error": f"{output.get('ename', 'Error')}: {evalue}" if evalue else str(output.get("ename"))}
+    return None
+
+
 def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -142,6 +172,7 @@ def run(command: list[str], profile: str, out: Path, started: float | None = Non
         if clock.feed(line):
             atomic_write_json(out, clock.doc)
 
+    interrupted = False
     try:
         while True:
             try:
@@ -155,12 +186,15 @@ def run(command: list[str], profile: str, out: Path, started: float | None = Non
             echo(line)
         code = proc.wait()
     except KeyboardInterrupt:
+        interrupted = True
         kill_group(proc.pid)
         code = proc.wait()
     finally:
         # the command is gone; whatever it left in its group (a stage of a `dvc` killed by
-        # SIGKILL) would go on writing into outputs that DVC no longer locks
-        kill_group(proc.pid, grace=5.0)
+        # SIGKILL) would go on writing into outputs that DVC no longer locks (after an interrupt
+        # the group was taken down above already)
+        if not interrupted:
+            kill_group(proc.pid, grace=5.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         watcher.terminate()
@@ -169,7 +203,15 @@ def run(command: list[str], profile: str, out: Path, started: float | None = Non
         line = lines_q.get()
         if line is not None:
             echo(line)
-    atomic_write_json(out, clock.finish(code))
+    doc = clock.finish(code)
+    if code and doc["stages"] and doc["stages"][-1]["status"] == "failed":
+        last = doc["stages"][-1]
+        found = notebook_error(Path.cwd() / "artifacts" / "executed", clock.repro_started + last["offset_seconds"])
+        if found is not None:
+            last["error"] = found
+            print(f"error: stage '{last['stage']}' failed in {found['notebook']} (code cell {found['cell']}): "
+                  f"{found['error']}", file=sys.stderr, flush=True)
+    atomic_write_json(out, doc)
     return code
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 
 import pytest
@@ -50,6 +51,39 @@ def test_a_failed_run_marks_its_last_stage_and_is_written_as_it_goes(tmp_path):
     assert code == 3 and doc["returncode"] == 3
     assert [(s["stage"], s["status"]) for s in doc["stages"]] == [("a", "ran"), ("b", "failed")]
     assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in doc["stages"])
+
+
+def _notebook_with_error(path, evalue):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "source": "# data"},
+        {"cell_type": "code", "outputs": [{"output_type": "stream", "text": "ok"}]},
+        {"cell_type": "code", "outputs": [{"output_type": "error", "ename": "AtelierInputError", "evalue": evalue,
+                                           "traceback": ["\x1b[0;31m---\x1b[0m"] * 65}]}]}))
+
+
+def test_a_failed_notebook_stage_ends_with_the_librarys_one_line_reason(tmp_path, monkeypatch, capsys):
+    """Issue 18: papermill's 65-line traceback used to be the last thing a failed notebook stage printed."""
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "artifacts" / "executed" / "01_judges.ipynb"
+    _notebook_with_error(old, "an error of an earlier run")
+    os.utime(old, (1.0, 1.0))  # written before this run: not this failure's reason
+    fake_dvc = ("import json, pathlib, sys; print(\"Running stage 'data':\", flush=True); "
+                "sys.path.insert(0, %r); import test_stage_times as t; "
+                "t._notebook_with_error(pathlib.Path('artifacts/executed/00_data.ipynb'), "
+                "'data/fashion-mnist/train-images-idx3-ubyte.gz: bad magic 2049,\\n expected 2051'); "
+                "raise SystemExit(1)") % str(repo_root() / "tests")
+    out = tmp_path / "t.json"
+    assert ST.run([sys.executable, "-c", fake_dvc], "default", out) == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == ("error: stage 'data' failed in artifacts/executed/00_data.ipynb (code cell 2): AtelierInputError: "
+                         "data/fashion-mnist/train-images-idx3-ubyte.gz: bad magic 2049, expected 2051")
+    doc = json.loads(out.read_text())
+    assert doc["stages"][-1]["error"]["error"].startswith("AtelierInputError: data/fashion-mnist/")
+    # a failure with no notebook of its own (a python -m stage prints its own line) names none
+    assert ST.run([sys.executable, "-c", "print(\"Running stage 'tokens':\"); raise SystemExit(2)"], "default", out) == 2
+    assert "error" not in json.loads(out.read_text())["stages"][-1]
+    assert ST.notebook_error(tmp_path / "nowhere", 0.0) is None
 
 
 def test_smoke_timing_stays_out_of_the_committed_results_and_a_command_is_required(tmp_path):
