@@ -167,15 +167,19 @@ def load_checkpoint(path: str | os.PathLike, expect_arch: Mapping[str, Any] | No
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise AtelierInputError(f"{path}: truncated or corrupt checkpoint ({err})") from None
     expected = raw_meta.pop(CHECKSUM_KEY, None)
-    if expected is not None and json.dumps(_tensors_digest(tensors)) != expected:
-        raise AtelierInputError(f"{path}: corrupt checkpoint (tensor data does not match its sha256; bit rot or a "
-                                f"partial overwrite)")
     meta = {}
     for key, value in raw_meta.items():
         try:
             meta[key] = json.loads(value)
         except (ValueError, RecursionError):
             raise AtelierInputError(f"{path}: checkpoint metadata field '{key}' is not JSON") from None
+    # required, not optional: with the key removed, a flipped payload bit used to load (and resume) silently
+    if expected is None:
+        raise AtelierInputError(f"{path}: checkpoint has no '{CHECKSUM_KEY}' (not written by lib.io.save_checkpoint, "
+                                f"or stripped); its tensors cannot be verified: retrain or re-save it")
+    if json.dumps(_tensors_digest(tensors)) != expected:
+        raise AtelierInputError(f"{path}: corrupt checkpoint (tensor data does not match its sha256; bit rot or a "
+                                f"partial overwrite)")
     if expect_arch is not None:
         found = meta.get("arch")
         if found != json.loads(json.dumps(dict(expect_arch), sort_keys=True, default=_jsonable)):

@@ -208,6 +208,16 @@ def test_flipped_payload_bit_refused(good_checkpoint):
         load_checkpoint(good_checkpoint)
 
 
+def test_checkpoint_without_its_checksum_refused_even_with_intact_tensors(tmp_path):
+    """Issue 18: removing ``tensors_sha256`` and flipping a payload bit used to load silently."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "stripped.safetensors"
+    save_file({"w": torch.ones(3)}, str(path), metadata={"arch": json.dumps({"name": "toy"})})
+    with pytest.raises(AtelierInputError, match=r"stripped\.safetensors: checkpoint has no 'tensors_sha256'"):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize("make_trainer, message", [
     (lambda p: _toy_trainer(p, arch={"name": "toy", "dim": 8}), r"run\.safetensors: checkpoint is for architecture"),
     (lambda p: _toy_trainer(p, arch={"name": "other", "dim": 4}), r"run\.safetensors: checkpoint is for architecture"),
