@@ -68,7 +68,10 @@ STAND_INS = ("FashionGen -> colourised Fashion-MNIST images with templated capti
              "BLIP-2's BERT-initialised Q-Former -> a small Q-Former trained from scratch on frozen all-MiniLM-L6-v2 "
              "token features; LLaVA/Vicuna LLM -> a small caption decoder trained from scratch; "
              "Stable Diffusion v1.4 -> our Muse-style masked token generator (text-to-image model `generation.models`, "
-             "fine-tuned from Q-Former queries through a linear adapter) on 32x32 VQ tokens")
+             "fine-tuned from Q-Former queries through a linear adapter) on 32x32 VQ tokens; "
+             "phase 2 follows Sec. 4.1 (only the Q-Former is tuned; the caption decoder, the generator and both "
+             "adapters stay frozen), where Sec. 3.2.2 also tunes the task adapters and the diffusion model "
+             "(the paper says both)")
 
 
 # ---------------------------------------------------------------------------------------------
