@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -307,28 +307,161 @@ def _check_replicas(models: dict, steps: dict, seed: int) -> list[str]:
     return errors
 
 
+# ---------------------------------------------------------------------------------------------
+# retrieval (UniFashion, lib/unifashion.py) and super_res (Muse Sec. 2.4, lib/super_res.py): their
+# schemas live here with the others so that checking params.yaml imports no torch (issue 16); the
+# stage modules read them through retrieval_settings / super_res_settings.
+# ---------------------------------------------------------------------------------------------
+def _choice(*options: Any) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else f"must be one of {', '.join(map(str, options))}, got {v!r}"
+    return check
+
+
+def _floats(n: int, lo: float, hi: float) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or len(v) != n:
+            return f"must be a list of {n} numbers, got {v!r}"
+        problems = [p for p in map(_float(lo, hi), v) if p]
+        return f"every entry {problems[0]}" if problems else None
+    return check
+
+
+def _name(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else f"must be a non-empty name, got {v!r}"
+
+
+#: UniFashion Table 7's instruction templates by name (the prompts themselves:
+#: lib.retrieval.caption_decoder.INSTRUCTIONS; a test keeps the two in step)
+INSTRUCTION_NAMES = ("fashion200k", "fashiongen", "fashioniq-cap")
+
+
+def _instruction(v: Any) -> str | None:
+    if v is None or (isinstance(v, str) and v in INSTRUCTION_NAMES):
+        return None
+    return f"must be null or a UniFashion Table 7 prompt name ({', '.join(INSTRUCTION_NAMES)}), got {v!r}"
+
+
+#: retrieval key -> checker (or a nested {key: checker} for mappings); shared keys, then per-profile keys.
+RETRIEVAL_SHARED_SCHEMA: dict[str, Any] = {
+    "image_size": _int(16, 512),
+    "out_index": _int(1, 6),
+    "modification_max_length": _int(8, 128),
+    "cmr_split": _choice("val", "test"),
+    "composed_split": _choice("val", "test"),
+    "qformer": {"num_queries": _int(1, 256), "dim": _int(8, 4096), "num_layers": _int(1, 48), "heads": _int(1, 64),
+                "embed_dim": _int(8, 4096), "cross_every": _int(1, 48), "ffn_mult": _int(1, 16),
+                "dropout": _float(0.0, 0.9)},
+    "decoder": {"dim": _int(8, 4096), "num_layers": _int(1, 48), "heads": _int(1, 64), "num_prefix": _int(0, 64),
+                "max_len": _int(1, 256)},
+    "instruction": _instruction,
+    "batch_size": _int(2, 65536),
+    "lr": {"phase1": _float(1e-7, 1.0), "captioner": _float(1e-7, 1.0), "phase2": _float(1e-7, 1.0)},
+    "warmup_fraction": _float(0.0, 0.9),
+    "itg_weight": _float(0.0, 100.0),
+    "loss_weights": _floats(3, 0.0, 100.0),
+    "caption_weight": _float(0.0, 100.0),
+    "generator": {"model": _name, "lr": _float(1e-7, 1.0), "finetune": _choice(True, False),
+                  "cond_drop": _float(0.0, 1.0), "guidance_scale": _float(0.0, 100.0)},
+    "generation_weight": _float(0.0, 100.0),
+}
+RETRIEVAL_PROFILE_SCHEMA: dict[str, Any] = {
+    "steps": {"phase1": _int(1, 10_000_000), "captioner": _int(1, 10_000_000), "phase2": _int(1, 10_000_000),
+              "generator": _int(1, 10_000_000), "phase2_base": _int(0, 10_000_000)},
+    "train_images": _int(2, 1_000_000),
+    "train_triplets_per_category": _int(1, 1_000_000),
+    "cmr_images": _int(2, 1_000_000),
+    "random_negatives": _int(1, 999),
+    "composed_queries": _int(1, 1_000_000, nullable=True),
+    "caption_eval_n": _int(1, 1_000_000),
+    "generation_eval_n": _int(1, 1_000_000),
+}
+RETRIEVAL_SCHEMA = {**RETRIEVAL_SHARED_SCHEMA, **RETRIEVAL_PROFILE_SCHEMA}
+
+
+def _check_nested(values: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    if not isinstance(values, dict):
+        return [f"{where}: must be a mapping, got {type(values).__name__} {values!r}"]
+    errors = [f"{where}.{k}: unknown parameter (known: {', '.join(schema)})" for k in values if k not in schema]
+    for key, check in schema.items():
+        if key not in values:
+            errors.append(f"{where}.{key}: missing")
+        elif isinstance(check, dict):
+            errors += _check_nested(values[key], check, f"{where}.{key}")
+        else:
+            problem = check(values[key])
+            if problem:
+                errors.append(f"{where}.{key}: {problem}")
+    return errors
+
+
+def retrieval_settings(params: Mapping[str, Any]) -> dict:
+    """The validated ``retrieval`` section of a loaded profile: shared keys
+    (:data:`RETRIEVAL_SHARED_SCHEMA`) merged with ``profiles.<p>.retrieval``
+    (:data:`RETRIEVAL_PROFILE_SCHEMA`). Raises one :class:`AtelierInputError` naming every bad key."""
+    where = f"params.yaml (profile {params.get('profile')!r})"
+    if "retrieval" not in params:
+        raise AtelierInputError(f"{where}: section 'retrieval' missing (UniFashion retrieval settings; see "
+                                f"lib/unifashion.py)")
+    R = params["retrieval"]
+    errors = _check_nested(R, RETRIEVAL_SCHEMA, "retrieval")
+    if not errors:
+        q, d = R["qformer"], R["decoder"]
+        if q["dim"] % q["heads"]:
+            errors.append(f"retrieval.qformer.dim: {q['dim']} must be divisible by retrieval.qformer.heads ({q['heads']})")
+        if d["dim"] % d["heads"]:
+            errors.append(f"retrieval.decoder.dim: {d['dim']} must be divisible by retrieval.decoder.heads ({d['heads']})")
+        if R["image_size"] % 16:
+            errors.append(f"retrieval.image_size: {R['image_size']} must be a multiple of 16 (EfficientNet stride)")
+    if errors:
+        raise AtelierInputError(f"{where}: invalid parameters:\n  " + "\n  ".join(errors))
+    return dict(R)
+
+
+SUPER_RES_KEYS = ("base", "scale", "tokenizer_lr", "sampling_steps", "guidance_scale")
+SUPER_RES_PROFILE_KEYS = ("tokenizer_steps", "steps", "train_images", "eval_n")
+
+
+def super_res_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``super_res`` section of a loaded profile, checked (errors name the key)."""
+    S = params.get("super_res")
+    if not isinstance(S, Mapping):
+        raise AtelierInputError("params.yaml: section 'super_res' missing (Muse super-resolution stage)")
+    known = sorted(set(SUPER_RES_KEYS) | set(SUPER_RES_PROFILE_KEYS))
+    problems = [f"super_res.{k}: missing" for k in known if k not in S]
+    problems += [f"super_res.{k}: unknown parameter (known: {', '.join(known)})" for k in S if k not in known]
+    if problems:
+        raise AtelierInputError("params.yaml: " + "; ".join(problems))
+    models = params["generation"]["models"]
+    if S["base"] not in models or models[S["base"]]["kind"] != "masked":
+        raise AtelierInputError(f"params.yaml: super_res.base: {S['base']!r} is not a masked generator of "
+                                f"generation.models (known: {', '.join(models)})")
+    for key, lo in (("scale", 2), ("tokenizer_steps", 1), ("steps", 0), ("train_images", 1), ("eval_n", 1),
+                    ("sampling_steps", 1)):
+        v = S[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise AtelierInputError(f"params.yaml: super_res.{key}: an integer >= {lo}, got {v!r}")
+    for key in ("tokenizer_lr", "guidance_scale"):
+        if isinstance(S[key], bool) or not isinstance(S[key], (int, float)) or S[key] < 0:
+            raise AtelierInputError(f"params.yaml: super_res.{key}: a non-negative number, got {S[key]!r}")
+    return dict(S)
+
+
 def _check_retrieval(params: dict) -> list[str]:
-    """The ``retrieval`` section's schema lives with its code (:func:`lib.unifashion.settings`); it is
-    checked here too so that ``load`` refuses a bad value before any stage starts (imports torch)."""
     if "retrieval" not in params:
         return []
-    from .unifashion import settings
-
     try:
-        settings(params)
+        retrieval_settings(params)
     except AtelierInputError as err:
         return [line.strip() for line in str(err).splitlines()[1:]] or [str(err)]
     return []
 
 
 def _check_super_res(params: dict) -> list[str]:
-    """The ``super_res`` section's schema lives with its code (:func:`lib.super_res.settings`)."""
     if "super_res" not in params:
         return []
-    from .super_res import settings
-
     try:
-        settings(params)
+        super_res_settings(params)
     except AtelierInputError as err:
         return [str(err)]
     return []

@@ -39,41 +39,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import params as lib_params
 from .io import AtelierInputError, atomic_write_json
 from .paths import out_root
 
 STAGE = "03_generators/super_res"
 EVAL_STAGE = "03c_super_resolution"
-KEYS = {"base", "scale", "tokenizer_lr", "sampling_steps", "guidance_scale"}
-PROFILE_KEYS = ("tokenizer_steps", "steps", "train_images", "eval_n")
 
 
 # ---------------------------------------------------------------------------------------------
 # Settings and paths
 # ---------------------------------------------------------------------------------------------
-def settings(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``super_res`` section of a loaded profile, checked (errors name the key)."""
-    S = params.get("super_res")
-    if not isinstance(S, Mapping):
-        raise AtelierInputError("params.yaml: section 'super_res' missing (Muse super-resolution stage)")
-    known = sorted(KEYS | set(PROFILE_KEYS))
-    problems = [f"super_res.{k}: missing" for k in known if k not in S]
-    problems += [f"super_res.{k}: unknown parameter (known: {', '.join(known)})" for k in S if k not in known]
-    if problems:
-        raise AtelierInputError("params.yaml: " + "; ".join(problems))
-    models = params["generation"]["models"]
-    if S["base"] not in models or models[S["base"]]["kind"] != "masked":
-        raise AtelierInputError(f"params.yaml: super_res.base: {S['base']!r} is not a masked generator of "
-                                f"generation.models (known: {', '.join(models)})")
-    for key, lo in (("scale", 2), ("tokenizer_steps", 1), ("steps", 0), ("train_images", 1), ("eval_n", 1),
-                    ("sampling_steps", 1)):
-        v = S[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise AtelierInputError(f"params.yaml: super_res.{key}: an integer >= {lo}, got {v!r}")
-    for key in ("tokenizer_lr", "guidance_scale"):
-        if isinstance(S[key], bool) or not isinstance(S[key], (int, float)) or S[key] < 0:
-            raise AtelierInputError(f"params.yaml: super_res.{key}: a non-negative number, got {S[key]!r}")
-    return dict(S)
+#: the ``super_res`` section's checker lives in lib.params (torch-free, issue 16)
+settings = lib_params.super_res_settings
 
 
 def artifacts_root() -> Path:

@@ -49,6 +49,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from . import params as lib_params
 from .io import AtelierInputError, atomic_write_json, read_json
 from .paths import out_root
 
@@ -77,133 +78,13 @@ STAND_INS = ("FashionGen -> colourised Fashion-MNIST images with templated capti
 # ---------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------
-def _int(lo: int, hi: int, nullable: bool = False) -> Callable[[Any], Optional[str]]:
-    def check(v: Any) -> Optional[str]:
-        if v is None and nullable:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            return f"must be an integer{' or null' if nullable else ''}, got {type(v).__name__} {v!r}"
-        return None if lo <= v <= hi else f"must be in [{lo}, {hi}], got {v}"
-    return check
-
-
-def _float(lo: float, hi: float) -> Callable[[Any], Optional[str]]:
-    def check(v: Any) -> Optional[str]:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return f"must be a number, got {type(v).__name__} {v!r}"
-        return None if lo <= v <= hi else f"must be in [{lo}, {hi}], got {v}"
-    return check
-
-
-def _choice(*options: Any) -> Callable[[Any], Optional[str]]:
-    def check(v: Any) -> Optional[str]:
-        return None if v in options else f"must be one of {', '.join(map(str, options))}, got {v!r}"
-    return check
-
-
-def _floats(n: int, lo: float, hi: float) -> Callable[[Any], Optional[str]]:
-    def check(v: Any) -> Optional[str]:
-        if not isinstance(v, list) or len(v) != n:
-            return f"must be a list of {n} numbers, got {v!r}"
-        problems = [p for p in map(_float(lo, hi), v) if p]
-        return f"every entry {problems[0]}" if problems else None
-    return check
-
-
-def _str_name(v: Any) -> Optional[str]:
-    return None if isinstance(v, str) and v else f"must be a non-empty name, got {v!r}"
-
-
-def _instruction(v: Any) -> Optional[str]:
-    from .retrieval.caption_decoder import INSTRUCTIONS
-
-    if v is None or (isinstance(v, str) and v in INSTRUCTIONS):
-        return None
-    return f"must be null or a UniFashion Table 7 prompt name ({', '.join(INSTRUCTIONS)}), got {v!r}"
-
-
-#: key -> checker (or a nested {key: checker} for mappings); shared keys, then per-profile keys.
-SHARED_SCHEMA: dict[str, Any] = {
-    "image_size": _int(16, 512),
-    "out_index": _int(1, 6),
-    "modification_max_length": _int(8, 128),
-    "cmr_split": _choice("val", "test"),
-    "composed_split": _choice("val", "test"),
-    "qformer": {"num_queries": _int(1, 256), "dim": _int(8, 4096), "num_layers": _int(1, 48), "heads": _int(1, 64),
-                "embed_dim": _int(8, 4096), "cross_every": _int(1, 48), "ffn_mult": _int(1, 16),
-                "dropout": _float(0.0, 0.9)},
-    "decoder": {"dim": _int(8, 4096), "num_layers": _int(1, 48), "heads": _int(1, 64), "num_prefix": _int(0, 64),
-                "max_len": _int(1, 256)},
-    "instruction": _instruction,
-    "batch_size": _int(2, 65536),
-    "lr": {"phase1": _float(1e-7, 1.0), "captioner": _float(1e-7, 1.0), "phase2": _float(1e-7, 1.0)},
-    "warmup_fraction": _float(0.0, 0.9),
-    "itg_weight": _float(0.0, 100.0),
-    "loss_weights": _floats(3, 0.0, 100.0),
-    "caption_weight": _float(0.0, 100.0),
-    "generator": {"model": _str_name, "lr": _float(1e-7, 1.0), "finetune": _choice(True, False),
-                  "cond_drop": _float(0.0, 1.0), "guidance_scale": _float(0.0, 100.0)},
-    "generation_weight": _float(0.0, 100.0),
-}
-PROFILE_SCHEMA: dict[str, Any] = {
-    "steps": {"phase1": _int(1, 10_000_000), "captioner": _int(1, 10_000_000), "phase2": _int(1, 10_000_000),
-              "generator": _int(1, 10_000_000), "phase2_base": _int(0, 10_000_000)},
-    "train_images": _int(2, 1_000_000),
-    "train_triplets_per_category": _int(1, 1_000_000),
-    "cmr_images": _int(2, 1_000_000),
-    "random_negatives": _int(1, 999),
-    "composed_queries": _int(1, 1_000_000, nullable=True),
-    "caption_eval_n": _int(1, 1_000_000),
-    "generation_eval_n": _int(1, 1_000_000),
-}
-SCHEMA = {**SHARED_SCHEMA, **PROFILE_SCHEMA}
-
-
-def _check(values: Any, schema: Mapping[str, Any], where: str) -> list[str]:
-    if not isinstance(values, dict):
-        return [f"{where}: must be a mapping, got {type(values).__name__} {values!r}"]
-    errors = [f"{where}.{k}: unknown parameter (known: {', '.join(schema)})" for k in values if k not in schema]
-    for key, check in schema.items():
-        if key not in values:
-            errors.append(f"{where}.{key}: missing")
-        elif isinstance(check, dict):
-            errors += _check(values[key], check, f"{where}.{key}")
-        else:
-            problem = check(values[key])
-            if problem:
-                errors.append(f"{where}.{key}: {problem}")
-    return errors
-
-
-def settings(params: Mapping[str, Any]) -> dict:
-    """The validated ``retrieval`` section of a loaded profile (``lib.params.load(...)``, which passes
-    this section through unchecked): shared keys (:data:`SHARED_SCHEMA`) merged with
-    ``profiles.<p>.retrieval`` (:data:`PROFILE_SCHEMA`). Raises one :class:`AtelierInputError`
-    naming every bad key."""
-    where = f"params.yaml (profile {params.get('profile')!r})"
-    if "retrieval" not in params:
-        raise AtelierInputError(f"{where}: section 'retrieval' missing (UniFashion retrieval settings; see "
-                                f"lib/unifashion.py)")
-    R = params["retrieval"]
-    errors = _check(R, SCHEMA, "retrieval")
-    if not errors:
-        q, d = R["qformer"], R["decoder"]
-        if q["dim"] % q["heads"]:
-            errors.append(f"retrieval.qformer.dim: {q['dim']} must be divisible by retrieval.qformer.heads ({q['heads']})")
-        if d["dim"] % d["heads"]:
-            errors.append(f"retrieval.decoder.dim: {d['dim']} must be divisible by retrieval.decoder.heads ({d['heads']})")
-        if R["image_size"] % 16:
-            errors.append(f"retrieval.image_size: {R['image_size']} must be a multiple of 16 (EfficientNet stride)")
-    if errors:
-        raise AtelierInputError(f"{where}: invalid parameters:\n  " + "\n  ".join(errors))
-    return dict(R)
+#: the ``retrieval`` section's schema and checker live in lib.params (torch-free, issue 16)
+settings = lib_params.retrieval_settings
 
 
 def load_params(profile: str, path: str | Path | None = None) -> dict:
     """``lib.params.load(profile, path)``; ``path`` defaults to ``$ATELIER_PARAMS`` when set (tests),
     else the repository's ``params.yaml``."""
-    from . import params as lib_params
-
     return lib_params.load(profile, path or os.environ.get(ENV_PARAMS) or None)
 
 

@@ -143,3 +143,22 @@ def test_params_yaml_is_in_the_layout_dvc_writes_back(tmp_path):
         doc["seed"] = 7
     changed = [(a, b) for a, b in zip(original.splitlines(), copy.read_text().splitlines()) if a != b]
     assert len(original.splitlines()) == len(copy.read_text().splitlines()) and changed == [("seed: 0", "seed: 7")]
+
+
+def test_checking_params_yaml_imports_no_torch():
+    """Issue 16: ``lib.params.load`` used to import torch through lib.unifashion / lib.super_res to
+    check their sections; their schemas now live in lib.params."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lib.params as p\n"
+            "for prof in p.PROFILES: p.load(prof)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in ('lib.unifashion', 'lib.super_res')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root())
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_instruction_names_match_the_caption_decoders_prompts():
+    from lib.retrieval.caption_decoder import INSTRUCTIONS
+
+    assert params.INSTRUCTION_NAMES == tuple(INSTRUCTIONS)
