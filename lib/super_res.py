@@ -30,6 +30,7 @@ The evaluation (Muse Table 1's "base + super-res" row) is :func:`evaluate`, driv
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -168,8 +169,10 @@ def super_resolve(model, high_tok, low_tokens: torch.Tensor, text_cond, settings
     from .synthesis import decode, make_scheduler, sample_masked
 
     n = len(low_tokens)
-    cond = text_cond if text_cond is not None else Condition.null(n, "cpu")
-    cond.low_res_tokens = low_tokens
+    # a copy: the caller's text condition is reused across calls (and resolutions) and must not
+    # come back carrying these low-res tokens
+    cond = dataclasses.replace(text_cond if text_cond is not None else Condition.null(n, "cpu"),
+                               low_res_tokens=low_tokens)
     steps = int(settings_["sampling_steps"])
     scale = float(settings_["guidance_scale"])
     guidance = LinearGuidanceSchedule(scale, steps) if (scale > 0 and text_cond is not None) else 0.0

@@ -119,6 +119,23 @@ def test_super_res_model_learns_to_use_the_low_res_tokens(tmp_path):
     assert (other["tokens"] == high[16:32]).float().mean() > 0.9
 
 
+def test_super_resolve_leaves_the_callers_condition_alone(monkeypatch):
+    """Issue 19: super_resolve used to write its low-res tokens into the caller's text condition."""
+    import lib.synthesis as SY
+
+    monkeypatch.setattr(SY, "decode", lambda tok, tokens: torch.zeros(len(tokens), 3, 8, 8))
+    torch.manual_seed(0)
+    table = TextFeatureTable(torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.bool), ["a", "b"])
+    cond = table.condition(torch.tensor([0, 1]))
+    low = torch.randint(0, 8, (2, 4, 1))
+    out = SR.super_resolve(_tiny_sr(8).eval(), None, low, cond, {"sampling_steps": 2, "guidance_scale": 2.0},
+                           sampling={})
+    assert out["tokens"].shape == (2, 16, 1) and (out["tokens"] < 8).all()
+    assert cond.low_res_tokens is None
+    assert SR.super_resolve(_tiny_sr(8).eval(), None, low, None, {"sampling_steps": 2, "guidance_scale": 0.0},
+                            sampling={})["tokens"].shape == (2, 16, 1)
+
+
 def test_stage_skips_cleanly_and_resamples_shapes(tmp_path, monkeypatch):
     monkeypatch.setenv("ATELIER_OUT", str(tmp_path))
     P = lib_params.load("smoke")
