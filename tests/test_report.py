@@ -95,3 +95,17 @@ def test_tracked_report_figures_fit_the_total_budget():
     if not figures:
         pytest.skip("no report figures committed in this checkout")
     assert sum((repo_root() / f).stat().st_size for f in figures) <= report.MAX_TOTAL_BYTES
+
+
+DOC_CITATION = re.compile(r"\b((?:docs|notes)/[A-Za-z0-9_./-]+\.md)\b")
+
+
+def test_every_document_the_code_cites_is_in_the_repository():
+    """Issue 16: four docstrings cited ``notes/generation_contract.md``, which did not exist."""
+    cited = {}
+    for path in sorted((repo_root() / "lib").rglob("*.py")) + sorted((repo_root() / "reproduce").glob("*.py")):
+        for doc in DOC_CITATION.findall(path.read_text(encoding="utf-8")):
+            cited.setdefault(doc, []).append(str(path.relative_to(repo_root())))
+    assert "docs/generation_contract.md" in cited
+    missing = {doc: files for doc, files in cited.items() if not (repo_root() / doc).is_file()}
+    assert not missing, f"cited but absent: {missing}"

@@ -1,4 +1,4 @@
-"""Stage two: generators over token grids (the interface is ``notes/generation_contract.md``).
+"""Stage two: generators over token grids (the interface is ``docs/generation_contract.md``).
 
 Tokens are ``LongTensor [B, N, C]`` (N = H*W raster positions, C channels into one codebook of K
 entries; id K = [MASK]). Modules, one idea each:

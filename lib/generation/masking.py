@@ -1,7 +1,7 @@
 """Training-time masking of token grids: which entries a masked-token model must predict.
 
 Token grids are ``[B, N, C]`` (N = H*W positions in raster order, C channels per position, see
-``notes/generation_contract.md``). A mask is a bool tensor of the same shape, True = the entry is
+``docs/generation_contract.md``). A mask is a bool tensor of the same shape, True = the entry is
 replaced by ``[MASK]`` (id K) and counts in the loss.
 
 - Muse Sec. 2.6 / MaskGIT: a per-example masking rate r = cos(pi/2 * u), u ~ U(0, 1), i.e. the

@@ -1,4 +1,4 @@
-"""Token samplers for masked and autoregressive token models (see ``notes/generation_contract.md``).
+"""Token samplers for masked and autoregressive token models (see ``docs/generation_contract.md``).
 
 - :mod:`.base`           -- :class:`SamplerState`, the :class:`TokenScheduler` step contract
 - :mod:`.maskgit`        -- MaskGIT / Muse Sec. 2.8 confidence-based parallel decoding (cosine schedule)

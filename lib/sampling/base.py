@@ -1,4 +1,4 @@
-"""The state and interface every token sampler shares (see ``notes/generation_contract.md``).
+"""The state and interface every token sampler shares (see ``docs/generation_contract.md``).
 
 Token grids are ``[B, N, C]`` long (N = H*W positions in raster order, C channels per position). The
 id ``mask_id = K`` marks a masked entry; every channel of every position is masked and revealed
