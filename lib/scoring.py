@@ -36,7 +36,9 @@ IMPLEMENTATIONS = {
 }
 STAND_INS = ("IS -> classifier score (Inception Score formula on our domain classifier's category probabilities); "
              "CLIP-score -> in-domain contrastive judge (frozen MiniLM text side); images are colourised "
-             "Fashion-MNIST 32x32 standing in for M2C-Fashion / CC3M / Fashion-IQ")
+             "Fashion-MNIST 32x32 standing in for M2C-Fashion / CC3M / Fashion-IQ; a text-dropped row (guidance "
+             "training and the unconditional branch) attends to one learned null-text token where Muse Sec. 2.7 lets "
+             "its attention reduce to image-token self-attention")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
