@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .io import AtelierInputError
+
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
@@ -70,13 +72,51 @@ def with_caption_embeddings(qformer, categories: Mapping[str, dict], captions: M
 
 
 def composed(qformer, categories: Mapping[str, dict], R: Mapping[str, Any],
-             variants: Sequence[str] = ("full", "image only", "text only"), exclude_reference: bool = False) -> dict:
+             variants: Sequence[str] = ("full", "image only", "text only"), exclude_reference: bool = False,
+             bootstrap: Mapping[str, int] | None = None) -> dict:
     """UniFashion Table 4 analogue (R@10/R@50 per category) for ``variants``: the full split ranked
-    (the paper's Fashion-IQ protocol) or, with ``exclude_reference``, each query's reference removed."""
+    (the paper's Fashion-IQ protocol) or, with ``exclude_reference``, each query's reference removed.
+
+    ``bootstrap``: ``{"resamples", "seed"}`` (params.yaml ``uncertainty``) adds ``"bootstrap":
+    {variant: replicates of Avg}`` (:func:`composed_replicates`), so Table 5's "w/ cap" vs "w/o cap"
+    comparison, two rankings of the same queries, gets an interval."""
     from .retrieval.evaluate import composed_recall
 
-    return composed_recall(qformer, categories, variants=variants, ks=(10, 50), caption_weight=float(R["caption_weight"]),
-                           exclude_reference=exclude_reference)
+    res = composed_recall(qformer, categories, variants=variants, ks=(10, 50), caption_weight=float(R["caption_weight"]),
+                          exclude_reference=exclude_reference, return_ranks=bootstrap is not None)
+    if bootstrap is not None:
+        res["bootstrap"] = composed_replicates(res["per_category"], bootstrap)
+    return res
+
+
+def composed_replicates(per_category: Mapping[str, Mapping[str, dict]], bootstrap: Mapping[str, int],
+                        ks: Sequence[int] = (10, 50)) -> dict[str, list[float]]:
+    """``{variant: replicates}`` of :func:`lib.metrics.retrieval.fashioniq_summary`'s ``Avg`` (the
+    mean over ks of the category-averaged R@k) with each category's queries resampled with
+    replacement (:mod:`lib.uncertainty`, one index stream per category, the same for every variant:
+    variants are compared on the same resampled queries). Reads and removes the per-query ``ranks``
+    of ``per_category[cat][variant]`` (:func:`lib.retrieval.evaluate.composed_recall` with
+    ``return_ranks``), so they do not reach the metrics JSON."""
+    from . import uncertainty
+
+    B, seed = int(bootstrap["resamples"]), int(bootstrap["seed"])
+    cats = list(per_category)
+    variants = list(per_category[cats[0]]) if cats else []
+    ranks = {}
+    for cat in cats:
+        for v in variants:
+            r = per_category[cat][v].pop("ranks", None)
+            if r is None:
+                raise AtelierInputError(f"composed_replicates: {cat}/{v} has no per-query ranks (composed_recall(..., "
+                                        f"return_ranks=True))")
+            ranks[cat, v] = np.asarray(r)
+    idx = {cat: uncertainty.resample_indices(len(ranks[cat, variants[0]]), B, seed, stream=f"composed/{cat}")
+           for cat in cats}
+    out = {}
+    for v in variants:
+        per_k = [np.mean([(ranks[cat, v][idx[cat]] < k).mean(axis=1) for cat in cats], axis=0) for k in ks]
+        out[v] = uncertainty.compact(np.mean(per_k, axis=0).tolist())
+    return out
 
 
 def composition_recall(qformer, categories: Mapping[str, Mapping[str, Any]], composition_of: Mapping[str, int],

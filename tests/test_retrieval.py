@@ -510,3 +510,25 @@ def test_tokenizer_features_are_the_prequantization_latents():
     assert feats.shape == (2, 64, 8) and torch.allclose(feats, z.flatten(2).transpose(1, 2))
     with pytest.raises(AtelierInputError, match="source='tokenizer' needs tokenizer="):
         feature_extractor("tokenizer")
+
+
+def test_composed_recall_ranks_agree_with_its_recalls():
+    """The per-query ranks behind Table 5's bootstrap (lib.unifashion_eval.composed_replicates)
+    give back exactly the recalls computed from the same similarities."""
+    from lib.retrieval.evaluate import composed_recall_from_embeddings
+
+    g = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(12, 2, 8, generator=g), dim=-1)
+    queries = {"composed": F.normalize(torch.randn(6, 8, generator=g), dim=-1)}
+    ids = [f"g{i}" for i in range(12)]
+    targets = [f"g{i}" for i in (0, 3, 5, 7, 7, 11)]
+    res = composed_recall_from_embeddings(queries, {"images": images}, targets, ids, variants=("full",),
+                                          ks=(1, 3, 6), return_ranks=True)["full"]
+    ranks = np.asarray(res["ranks"])
+    assert ranks.shape == (6,) and ranks.min() >= 0 and ranks.max() < 12
+    for k in (1, 3, 6):
+        assert res[f"R@{k}"] == pytest.approx(float((ranks < k).mean()))
+    assert "ranks" not in composed_recall_from_embeddings(queries, {"images": images}, targets, ids, variants=("full",))["full"]
+    with pytest.raises(AtelierInputError, match="return_ranks is for the paper's protocol"):
+        composed_recall_from_embeddings(queries, {"images": images}, targets, ids, targets, variants=("full",),
+                                        exclude_reference=True, return_ranks=True)

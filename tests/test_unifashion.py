@@ -408,6 +408,12 @@ def test_real_fashioniq_loader_runs_composed_recall_matching_a_hand_computation(
             assert full["num_reference_excluded"] == 0
     # the shirt query whose target is its own reference keeps it; the others exclude theirs
     assert res["per_category"]["shirt"]["full"]["num_reference_excluded"] == 2
+    # the notebook's call: Table 4 with replicates of Avg per variant, the per-query ranks dropped
+    boot = E.composed(model, cats, {"caption_weight": 1.0}, variants=("full", "image only"),
+                      bootstrap={"resamples": 50, "seed": 0})
+    assert set(boot["bootstrap"]) == {"full", "image only"} and len(boot["bootstrap"]["full"]) == 50
+    assert all("ranks" not in r for per in boot["per_category"].values() for r in per.values())
+    assert min(boot["bootstrap"]["full"]) <= boot["summary"]["full"]["Avg"] <= max(boot["bootstrap"]["full"])
     assert res["summary"]["full"]["average"]["R@2"] == pytest.approx(
         (res["per_category"]["dress"]["full"]["R@2"] + res["per_category"]["shirt"]["full"]["R@2"]) / 2)
     with pytest.raises(AtelierInputError, match="category must be one of"):
@@ -499,3 +505,21 @@ def test_a_test_gallery_naming_a_train_image_is_refused_by_the_stage_command(tmp
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "KeyError" not in proc.stderr, proc.stderr[-2000:]
     assert "split.dress.test.json" in lines[0] and train_ids[0] in lines[0] and "'test' split" in lines[0]
+
+
+def test_composed_replicates_resample_the_queries_paired_across_variants():
+    """Table 5's "w/ cap" vs "w/o cap" ranks the same queries twice: its interval comes from
+    resampling those queries, with the same draws for both rankings (issue 17)."""
+    from lib.unifashion_eval import composed_replicates
+
+    per_category = {"dress": {"w/o cap": {"ranks": [0, 20, 60, 5]}, "w/ cap": {"ranks": [0, 20, 60, 5]}},
+                    "shirt": {"w/o cap": {"ranks": [100, 3]}, "w/ cap": {"ranks": [1, 3]}}}
+    reps = composed_replicates(per_category, {"resamples": 400, "seed": 0})
+    # Avg = mean over k of the category mean of R@k: (mean(2/4, 1/2) + mean(3/4, 1/2)) / 2 = 0.5625
+    assert abs(np.mean(reps["w/o cap"]) - 0.5625) < 0.03 and len(reps["w/o cap"]) == 400
+    # "w/ cap" ranks every query at least as well, so on the same resampled queries it never loses
+    assert all(b >= a for a, b in zip(reps["w/o cap"], reps["w/ cap"]))
+    assert any(b > a for a, b in zip(reps["w/o cap"], reps["w/ cap"]))
+    assert "ranks" not in per_category["dress"]["w/ cap"], "per-query ranks must not reach the metrics JSON"
+    with pytest.raises(AtelierInputError, match="no per-query ranks"):
+        composed_replicates(per_category, {"resamples": 10, "seed": 0})

@@ -257,17 +257,20 @@ def composed_recall_from_embeddings(queries: Mapping[str, torch.Tensor], gallery
                                     reference_ids: Optional[Sequence] = None,
                                     variants: Sequence[str] = ("full", "image only", "text only"),
                                     ks: Sequence[int] = (10, 50), exclude_reference: bool = False,
-                                    caption_weight: float = 1.0) -> dict[str, dict]:
+                                    caption_weight: float = 1.0, return_ranks: bool = False) -> dict[str, dict]:
     """Fashion-IQ recall of each variant for one category, from embeddings.
 
     ``queries``: ``{"composed", "reference", "text"}`` (those the variants need); ``gallery``:
     ``{"images", "captions"?}``. The ranking is :func:`lib.metrics.retrieval.fashioniq_recall`
     itself (full-split ranking by default, the optional reference exclusion, pessimistic ties): it
     scores by a dot product, so each query's row of similarities is passed against an identity
-    gallery, whose dot product returns that row.
+    gallery, whose dot product returns that row. ``return_ranks`` adds each query's target rank
+    (``"ranks"``) to every variant's result.
     """
     if "images" not in gallery:
         raise AtelierInputError("gallery needs 'images' ([G, Q, e] query embeddings)")
+    if return_ranks and exclude_reference:
+        raise AtelierInputError("return_ranks is for the paper's protocol (the full split ranked), not with exclude_reference")
     g = gallery["images"].shape[0]
     identity = torch.eye(g)
     out = {}
@@ -277,13 +280,20 @@ def composed_recall_from_embeddings(queries: Mapping[str, torch.Tensor], gallery
                                   gallery_captions=gallery.get("captions"), caption_weight=caption_weight)
         out[variant] = fashioniq_recall(sim, identity, target_ids, gallery_ids, ks, reference_ids=reference_ids,
                                         exclude_reference=exclude_reference, normalize=False)
+        if return_ranks:
+            # each query's 0-based target rank on the same similarities (ties against it, as in
+            # fashioniq_recall), for a bootstrap over the queries
+            col = {gid: i for i, gid in enumerate(gallery_ids)}
+            positives = torch.zeros(sim.shape, dtype=torch.bool)
+            positives[torch.arange(len(target_ids)), torch.tensor([col[t] for t in target_ids])] = True
+            out[variant]["ranks"] = ranks_of_best_positive(sim.float(), positives.to(sim.device)).cpu().tolist()
     return out
 
 
 def composed_recall(model: QFormer, categories: Mapping[str, Mapping[str, Any]],
                     variants: Sequence[str] = ("full", "image only", "text only"), ks: Sequence[int] = (10, 50),
                     exclude_reference: bool = False, caption_weight: float = 1.0, batch_size: int = 256,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, return_ranks: bool = False) -> dict:
     """Fashion-IQ composed retrieval (UniFashion Table 4) per category and averaged.
 
     ``categories``: ``{"dress" | "shirt" | "toptee": data}``, ``data`` holding
@@ -291,7 +301,8 @@ def composed_recall(model: QFormer, categories: Mapping[str, Mapping[str, Any]],
     (modification texts), ``target_ids``, ``reference_ids``, ``gallery_feats [G, S, C_f]``,
     ``gallery_ids`` and, for ``"w/ cap"`` / ``"w/o img"``, ``gallery_caption_embeds [G, e]``
     (:func:`caption_gallery_embeddings`). Returns ``{"per_category": {cat: {variant: result}},
-    "summary": {variant: fashioniq_summary}}``.
+    "summary": {variant: fashioniq_summary}}``; ``return_ranks`` keeps each query's target rank
+    (``per_category[cat][variant]["ranks"]``) for a bootstrap over the queries.
     """
     unknown = [v for v in variants if v not in COMPOSED_VARIANTS]
     if unknown:
@@ -319,6 +330,6 @@ def composed_recall(model: QFormer, categories: Mapping[str, Mapping[str, Any]],
             gallery["captions"] = torch.as_tensor(data["gallery_caption_embeds"])
         per_category[cat] = composed_recall_from_embeddings(
             queries, gallery, data["target_ids"], data["gallery_ids"], data.get("reference_ids"), variants, ks,
-            exclude_reference, caption_weight)
+            exclude_reference, caption_weight, return_ranks)
     summary = {v: fashioniq_summary({c: r[v] for c, r in per_category.items()}, ks) for v in variants}
     return {"per_category": per_category, "summary": summary}
