@@ -117,14 +117,24 @@ def render_timing(doc: dict[str, Any], sha256: str, top: int = 8) -> str:
     for s in ran:
         groups.setdefault(stage_group(s["stage"]), []).append(s["seconds"])
     done = doc.get("finished") is not None
-    skipped = sum(1 for s in doc["stages"] if s["status"] != "ran")
-    state = (f"finished with exit code {doc['returncode']}" if done else "**interrupted** (stages so far)")
+    skipped = sum(1 for s in doc["stages"] if s["status"] == "skipped")
+    rc = doc.get("returncode")
+    last = doc["stages"][-1]["stage"] if doc["stages"] else None
+    if not done:
+        state = "**interrupted** (stages so far)"
+    elif isinstance(rc, int) and rc < 0:
+        # A negative code is the signal that stopped dvc (subprocess convention): the stages after
+        # the last one listed never started, so the total is a lower bound for a whole run.
+        state = (f"**stopped by signal {-rc}** during `{last}` (later stages did not run; the total is "
+                 f"a lower bound for a whole run)")
+    else:
+        state = f"finished with exit code {rc}"
     lines = [f"Wall time of the last default `reproduce/run`, from [`{TIMING_JSON_PATH}`]({TIMING_JSON_PATH}) "
              f"(sha256 `{sha256[:16]}`; git `{str(doc.get('git_revision'))[:8]}`, started {doc['run_started']}, "
              f"{doc.get('cpu_count')} CPUs, load average at start "
              f"{(doc.get('load_average_at_start') or [float('nan')])[0]:.2f}): "
              f"**{(doc.get('total_seconds') or 0) / 60:.0f} min** in all, {state}; {len(ran)} stages ran, "
-             f"{skipped} were up to date (skipped).", "",
+             f"{skipped} {'was' if skipped == 1 else 'were'} up to date (skipped).", "",
              "| stage group | stages run | minutes | share |", "|---|---:|---:|---:|"]
     total = sum(sum(v) for v in groups.values()) or 1.0
     for g, secs in sorted(groups.items(), key=lambda kv: -sum(kv[1])):

@@ -111,8 +111,10 @@ def test_readme_timing_block_sums_stage_groups_and_says_when_a_run_was_interrupt
     block = RS.render_timing(sc.finish(0), "cd" * 32)
     # tokenizer: 120 s + 180 s = 5.0 min of 9.0 min run; generator 4.0 min; total with set-up 10 min
     assert "| tokenizer | 2 | 5.0 | 56% |" in block and "| generator | 1 | 4.0 | 44% |" in block
-    assert "**10 min** in all, finished with exit code 0; 3 stages ran, 1 were up to date" in block
+    assert "**10 min** in all, finished with exit code 0; 3 stages ran, 1 was up to date" in block
     assert block.index("`generator@muse` 4.0 min") < block.index("`tokenizer@rq` 3.0 min")
+    killed = RS.render_timing(dict(sc.doc, returncode=-15), "ef" * 32)
+    assert "**stopped by signal 15** during `generator@muse`" in killed and "exit code" not in killed
 
 
 def test_readme_timing_block_matches_the_committed_json():
