@@ -6,7 +6,8 @@
     pipe.save(images, "garments.png")
 
 ``images`` is ``uint8 [n, H, W, 3]``. :meth:`GarmentPipeline.inpaint` re-generates a pixel box of
-given images from a prompt (M6-Fashion Sec. 3.4 / Muse Sec. 3.4 zero-shot in-painting). The pieces
+given images from a prompt (M6-Fashion Sec. 3.4 / Muse Sec. 3.4 zero-shot in-painting);
+:meth:`GarmentPipeline.style_mix` puts one image's PQ style groups into another (M6-Fashion Sec. 3.4 vi). The pieces
 are the ones the notebooks drive: the generator and its tokenizer from ``lib.generators``, a
 scheduler from ``lib.sampling`` (MaskGIT, M6-Fashion's SMART, or the autoregressive baseline),
 Muse's classifier-free guidance with a linearly increasing scale and an optional negative prompt
@@ -69,6 +70,27 @@ class GarmentPipeline:
             raise AtelierInputError(f"GarmentPipeline: {what} must be a non-empty list of non-empty strings")
         return prompts
 
+    @staticmethod
+    def _images(images, task: str, what: str = "images") -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not len(images):
+            raise AtelierInputError(f"GarmentPipeline.{task}: {what} must be uint8 [n, H, W, 3], got "
+                                    f"{images.dtype} {list(images.shape)}")
+        return images
+
+    def _cells(self, box, shape, task: str = "style_mix") -> tuple[int, int, int, int]:
+        """A pixel box ``(top, left, height, width)`` -> the token cells covering it (widened to whole
+        cells of the tokenizer's downsampling factor)."""
+        H, W = self.tokenizer.token_shape[:2]
+        fy, fx = shape[1] // H, shape[2] // W
+        top, left, height, width = (int(v) for v in box)
+        if not (0 <= top and 0 <= left and height > 0 and width > 0 and top + height <= shape[1]
+                and left + width <= shape[2]):
+            raise AtelierInputError(f"GarmentPipeline.{task}: box {tuple(box)} (top, left, height, width) is not "
+                                    f"inside the {shape[1]}x{shape[2]} images")
+        t0, l0 = top // fy, left // fx
+        return (t0, l0, -(-(top + height) // fy) - t0, -(-(left + width) // fx) - l0)
+
     def _sampler(self, sampler: str | None) -> str:
         if self.autoregressive:
             if sampler not in (None, "autoregressive"):
@@ -128,26 +150,59 @@ class GarmentPipeline:
 
         if self.autoregressive:
             raise AtelierInputError(f"GarmentPipeline: {self.name} is autoregressive; in-painting needs a masked generator")
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise AtelierInputError(f"GarmentPipeline.inpaint: images must be uint8 [n, H, W, 3], got "
-                                    f"{images.dtype} {list(images.shape)}")
+        images = self._images(images, "inpaint")
         prompts = self._prompts(prompts)
         if len(prompts) != len(images):
             raise AtelierInputError(f"GarmentPipeline.inpaint: {len(prompts)} prompts for {len(images)} images")
         H, W = self.tokenizer.token_shape[:2]
-        fy, fx = images.shape[1] // H, images.shape[2] // W
-        top, left, height, width = (int(v) for v in box)
-        if not (0 <= top and 0 <= left and height > 0 and width > 0 and top + height <= images.shape[1]
-                and left + width <= images.shape[2]):
-            raise AtelierInputError(f"GarmentPipeline.inpaint: box {tuple(box)} (top, left, height, width) is not "
-                                    f"inside the {images.shape[1]}x{images.shape[2]} images")
-        t0, l0 = top // fy, left // fx
-        cells = (t0, l0, -(-(top + height) // fy) - t0, -(-(left + width) // fx) - l0)
+        cells = self._cells(box, images.shape, "inpaint")
         grid = tokenize_images(self.tokenizer, images)
         tokens, known = inpaint_tokens(grid, cells, (H, W), mask_id=self.model.config.mask_id)
         sampler = self._sampler(sampler)
         out = sample_masked(self.model, self.encode(prompts), len(images), lambda: make_scheduler(sampler, self.sampling),
+                            tokens=tokens, known=known, seed=seed)
+        return to_uint8(decode(self.decoder, out["tokens"]))
+
+    @torch.no_grad()
+    def style_mix(self, images_a: np.ndarray, images_b: np.ndarray, *, groups: Sequence[int] | None = None,
+                  box: tuple[int, int, int, int] | None = None, prompts: Sequence[str] | None = None,
+                  sampler: str | None = None, seed: int = 0) -> np.ndarray:
+        """M6-Fashion style mixing (Sec. 3.4 vi): ``images_b``'s tokens in the PQ ``groups`` (token
+        channels; None = all) inside the pixel ``box`` (None = the whole image) over ``images_a``.
+
+        The ring of one token cell around the box is re-generated in those groups (conditioned on
+        ``prompts``, or on no text when None), so the pasted part blends in; everything else is kept.
+        Which attribute a group carries is learned, not fixed: notebook 05 measures it."""
+        from .sampling import style_mix as mix_tokens
+        from .synthesis import decode, make_scheduler, sample_masked
+
+        if self.autoregressive:
+            raise AtelierInputError(f"GarmentPipeline: {self.name} is autoregressive; style mixing needs a masked generator")
+        a = self._images(images_a, "style_mix", "images_a")
+        b = self._images(images_b, "style_mix", "images_b")
+        if a.shape != b.shape:
+            raise AtelierInputError(f"GarmentPipeline.style_mix: images_b {list(b.shape)} must have the shape of "
+                                    f"images_a {list(a.shape)}")
+        H, W, C = self.tokenizer.token_shape
+        if groups is not None:
+            groups = [int(g) for g in groups]
+            if not groups or any(not 0 <= g < C for g in groups):
+                raise AtelierInputError(f"GarmentPipeline.style_mix: groups {groups} must be token channels in "
+                                        f"[0, {C}) of {self.name}'s tokenizer ({C} PQ groups)")
+        region = None if box is None else self._cells(box, a.shape)
+        cond = None
+        if prompts is not None:
+            prompts = self._prompts(prompts)
+            if len(prompts) != len(a):
+                raise AtelierInputError(f"GarmentPipeline.style_mix: {len(prompts)} prompts for {len(a)} images")
+            cond = self.encode(prompts)
+        from .generators import tokenize_images
+
+        tokens, known = mix_tokens(tokenize_images(self.tokenizer, a), tokenize_images(self.tokenizer, b),
+                                   region=region, channels=groups, grid_size=(H, W), harmonize=1,
+                                   mask_id=self.model.config.mask_id)
+        sampler = self._sampler(sampler)
+        out = sample_masked(self.model, cond, len(a), lambda: make_scheduler(sampler, self.sampling),
                             tokens=tokens, known=known, seed=seed)
         return to_uint8(decode(self.decoder, out["tokens"]))
 

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from lib.generation import ARTransformer, Condition, MaskedTokenTransformer, TransformerConfig
@@ -97,8 +98,73 @@ def test_readme_inference_snippet_runs_against_the_pipeline(tmp_path, monkeypatc
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "GarmentPipeline" in b]
     assert blocks, "README.md: no python block using GarmentPipeline"
     ast.parse(blocks[0])
-    monkeypatch.setattr(GarmentPipeline, "from_trained", classmethod(lambda cls, *a, **k: pipe()))
+    # four token groups, as m6's PQ style tokenizer has (the README mixes groups 2 and 3)
+    four = ((0,), (1,), (2,), (0, 1, 2))
+    monkeypatch.setattr(GarmentPipeline, "from_trained", classmethod(lambda cls, *a, **k: two_group_pipe(four)))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - the repository's own README
     assert list(tmp_path.glob("*.png")), "the README snippet saves no image"
+
+
+class GroupTokenizer(torch.nn.Module):
+    """A stand-in PQ tokenizer: token group g of each 8x8 patch is the mean level (8 bins) of the RGB
+    channels ``planes[g]``, so which group came from which image can be read off the pixels."""
+
+    vocab_size = 8
+
+    def __init__(self, planes=((0,), (1, 2))):
+        super().__init__()
+        self.planes = planes
+        self.token_shape = (4, 4, len(planes))
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @torch.no_grad()
+    def tokenize(self, x):
+        levels = torch.stack([x[:, list(c)].mean(1) for c in self.planes], 1)
+        return ((F.avg_pool2d(levels, 8) + 1) / 2 * 8).long().clamp(0, 7).permute(0, 2, 3, 1)
+
+    @torch.no_grad()
+    def decode_indices(self, idx):
+        lv = F.interpolate((idx.permute(0, 3, 1, 2).float() + 0.5) / 8 * 2 - 1, scale_factor=8)
+        return torch.stack([torch.stack([lv[:, g] for g, c in enumerate(self.planes) if rgb in c]).mean(0)
+                            for rgb in range(3)], 1)
+
+
+def two_group_pipe(planes=((0,), (1, 2))):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(grid_h=4, grid_w=4, channels=len(planes), codebook_size=8, dim=32, depth=1, heads=2,
+                            text_mode="cross_attention", max_text_len=12)
+    return GarmentPipeline(MaskedTokenTransformer(cfg), GroupTokenizer(planes), sampling=SAMPLING, name="pq",
+                           encode=fake_encode)
+
+
+def test_style_mix_takes_the_chosen_groups_from_b_and_keeps_the_rest_of_a():
+    p = two_group_pipe()
+    rng = np.random.default_rng(0)
+    # one random colour per 8x8 patch, A dark and B light, so every token of A differs from B's
+    a = np.kron(rng.integers(0, 100, (2, 4, 4, 3)), np.ones((1, 8, 8, 1))).astype(np.uint8)
+    b = np.kron(rng.integers(160, 256, (2, 4, 4, 3)), np.ones((1, 8, 8, 1))).astype(np.uint8)
+    recon = lambda im: p.decoder.decode_indices(p.tokenizer.tokenize(torch.from_numpy(im).permute(0, 3, 1, 2).float() / 127.5 - 1))
+    ra, rb = to_uint8(recon(a)), to_uint8(recon(b))
+    assert (ra[..., 1] != rb[..., 1]).all()
+    whole = p.style_mix(a, b, groups=[1], seed=0)  # the whole grid: nothing to harmonise, all known
+    assert np.array_equal(whole[..., 0], ra[..., 0]) and np.array_equal(whole[..., 1:], rb[..., 1:])
+    boxed = p.style_mix(a, b, groups=[1], box=(1, 2, 5, 5), prompts=["a red dress", "a bag"], seed=0)
+    far = np.ones((32, 32), bool)
+    far[0:16, 0:16] = False  # the box widened to cell (0, 0) and its one-cell ring: pixels 0..16
+    assert np.array_equal(boxed[:, far], ra[:, far])  # outside box and ring: image A untouched
+    assert np.array_equal(boxed[:, 0:8, 0:8, 1:], rb[:, 0:8, 0:8, 1:])  # inside the box: B's group 1
+    assert np.array_equal(boxed[..., 0], ra[..., 0])  # group 0 is A's everywhere, ring included
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: p.style_mix(np.zeros((1, 32, 32, 3), np.uint8), np.zeros((2, 32, 32, 3), np.uint8)), "shape of images_a"),
+    (lambda p: p.style_mix(np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1, 32, 32, 3), np.uint8), groups=[2]), r"\[0, 2\)"),
+    (lambda p: p.style_mix(np.zeros((1, 32, 32, 3), np.float32), np.zeros((1, 32, 32, 3), np.uint8)), "images_a must be uint8"),
+    (lambda p: p.style_mix(np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1, 32, 32, 3), np.uint8), box=(0, 0, 40, 4)), "not inside"),
+    (lambda p: p.style_mix(np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1, 32, 32, 3), np.uint8), prompts=["a", "b"]), "2 prompts for 1"),
+])
+def test_style_mix_refuses_bad_input_by_name(call, message):
+    with pytest.raises(AtelierInputError, match=message):
+        call(two_group_pipe())
