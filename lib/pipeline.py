@@ -11,7 +11,9 @@ given images from a prompt (M6-Fashion Sec. 3.4 / Muse Sec. 3.4 zero-shot in-pai
 are the ones the notebooks drive: the generator and its tokenizer from ``lib.generators``, a
 scheduler from ``lib.sampling`` (MaskGIT, M6-Fashion's SMART, or the autoregressive baseline),
 Muse's classifier-free guidance with a linearly increasing scale and an optional negative prompt
-(Muse Sec. 2.7). This module only wires them; it holds no model code.
+(Muse Sec. 2.7). :class:`ComposedSearch` is UniFashion's composed image retrieval: a reference
+image and a modification text in, the best gallery images out (Sec. 3.2, Eq. 9-10). This module only
+wires them; it holds no model code.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from .io import AtelierInputError
 
-__all__ = ["GarmentPipeline", "to_uint8"]
+__all__ = ["ComposedSearch", "GarmentPipeline", "to_uint8"]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -224,3 +226,68 @@ class GarmentPipeline:
         buf = _io.BytesIO()
         Image.fromarray(image_grid(images, ncol=max(1, min(int(columns), len(images))), pad=pad)).save(buf, format="PNG")
         return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+class ComposedSearch:
+    """UniFashion composed image retrieval (Sec. 3.2, Eq. 9-10) over a gallery the caller gives.
+
+        search = ComposedSearch.from_trained()            # the phase-2 Q-Former of the unifashion stages
+        search.index(gallery_images)                      # uint8 [G, H, W, 3]
+        scores, rows = search(reference_images, ["is red with short sleeves"], k=5)
+
+    A query is the reference image's frozen features and the modification text fused under the
+    Q-Former's bidirectional mask; its [CLS] embedding is scored against every gallery image's
+    query embeddings by the largest cosine (the ``full`` variant of
+    :func:`lib.retrieval.evaluate.composed_similarity`, the one Table 4 reports)."""
+
+    def __init__(self, qformer, extractor, text_encoder, *, batch_size: int = 64):
+        self.qformer, self.extractor, self.text_encoder = qformer.eval(), extractor, text_encoder
+        self.batch_size = int(batch_size)
+        self.gallery: torch.Tensor | None = None
+
+    @classmethod
+    def from_trained(cls, phase: str = "phase2", profile: str | None = None, device: str = "cpu") -> "ComposedSearch":
+        """The Q-Former of ``phase`` (``phase2``, the final model; ``phase1``) with the frozen image
+        feature network and MiniLM text encoder it was trained on (``retrieval`` of params.yaml)."""
+        from . import params as lib_params
+        from . import unifashion as UF
+
+        R = UF.settings(lib_params.load(profile))
+        return cls(UF.load_trained(phase, device=device), UF.feature_extractor(R).to(device), UF.modification_encoder(R))
+
+    def _features(self, images, what: str) -> torch.Tensor:
+        from .retrieval.features import extract_features
+
+        return extract_features(GarmentPipeline._images(images, "ComposedSearch", what), self.extractor,
+                                batch_size=self.batch_size, dtype=torch.float32)
+
+    @torch.no_grad()
+    def index(self, images: np.ndarray) -> "ComposedSearch":
+        """Embed the gallery ``uint8 [G, H, W, 3]`` (each image: ``[Q, e]`` query embeddings)."""
+        from .retrieval.evaluate import embed_images
+
+        self.gallery = embed_images(self.qformer, self._features(images, "gallery images"), self.batch_size)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, reference_images: np.ndarray, texts: Sequence[str], k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` gallery rows for each (reference image, modification text): ``(scores [n, k],
+        rows [n, k])``, best first; scores are cosine similarities."""
+        from .retrieval.evaluate import composed_similarity, embed_composed
+
+        if self.gallery is None:
+            raise AtelierInputError("ComposedSearch: no gallery; call index(gallery_images) first")
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise AtelierInputError("ComposedSearch: texts must be a non-empty list of non-empty strings")
+        feats = self._features(reference_images, "reference_images")
+        if len(feats) != len(texts):
+            raise AtelierInputError(f"ComposedSearch: {len(texts)} texts for {len(feats)} reference images (one each)")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.gallery):
+            raise AtelierInputError(f"ComposedSearch: k must be an integer in [1, {len(self.gallery)}] (the gallery size), got {k!r}")
+        enc = self.text_encoder(texts)
+        query = embed_composed(self.qformer, feats, enc["tokens"], enc["mask"], self.batch_size)
+        scores, rows = composed_similarity("full", self.gallery, composed=query).topk(k, dim=1)
+        return scores.numpy(), rows.numpy()

@@ -14,7 +14,7 @@ from PIL import Image
 from lib.generation import ARTransformer, Condition, MaskedTokenTransformer, TransformerConfig
 from lib.io import AtelierInputError
 from lib.paths import repo_root
-from lib.pipeline import GarmentPipeline, to_uint8
+from lib.pipeline import ComposedSearch, GarmentPipeline, to_uint8
 from tests.test_unifashion import PatchTokenizer
 
 SAMPLING = {"maskgit_steps": 4, "smart_T": 3, "smart_alpha": 0.8, "smart_beta": 0.2, "temperature": 1.0,
@@ -101,10 +101,12 @@ def test_readme_inference_snippet_runs_against_the_pipeline(tmp_path, monkeypatc
     # four token groups, as m6's PQ style tokenizer has (the README mixes groups 2 and 3)
     four = ((0,), (1,), (2,), (0, 1, 2))
     monkeypatch.setattr(GarmentPipeline, "from_trained", classmethod(lambda cls, *a, **k: two_group_pipe(four)))
+    monkeypatch.setattr(ComposedSearch, "from_trained", classmethod(lambda cls, *a, **k: composed_search()))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - the repository's own README
     assert list(tmp_path.glob("*.png")), "the README snippet saves no image"
+    assert namespace["rows"].shape == (1, 3), "the README's composed search gives no top-3 rows"
 
 
 class GroupTokenizer(torch.nn.Module):
@@ -168,3 +170,64 @@ def test_style_mix_takes_the_chosen_groups_from_b_and_keeps_the_rest_of_a():
 def test_style_mix_refuses_bad_input_by_name(call, message):
     with pytest.raises(AtelierInputError, match=message):
         call(two_group_pipe())
+
+
+class PatchFeatures(torch.nn.Module):
+    """A stand-in frozen image feature network: the mean colour of each 8x8 patch -> tokens [B, 16, 3]."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # extract_features reads the device off a parameter
+
+    def forward(self, x):
+        return F.avg_pool2d(x, 8).flatten(2).transpose(1, 2)
+
+
+def fake_text_encoder(texts):
+    c = fake_encode(texts)
+    return {"tokens": c.text_tokens, "mask": c.text_mask}
+
+
+def composed_search():
+    from lib.retrieval import QFormer
+
+    torch.manual_seed(0)
+    qf = QFormer(image_dim=3, num_image_tokens=16, num_queries=4, dim=32, num_layers=2, heads=2, embed_dim=16,
+                 cross_every=1, ffn_mult=2, text_dim=384)
+    return ComposedSearch(qf, PatchFeatures(), fake_text_encoder, batch_size=3)
+
+
+def test_composed_search_ranks_the_gallery_by_the_composed_query_best_first():
+    from lib.retrieval.evaluate import composed_similarity, embed_composed, embed_images
+
+    s = composed_search()
+    rng = np.random.default_rng(0)
+    gallery = np.kron(rng.integers(0, 256, (7, 4, 4, 3)), np.ones((1, 8, 8, 1))).astype(np.uint8)
+    gallery[5] = gallery[2]  # a duplicate scores exactly as its twin
+    refs, texts = gallery[[0, 3]], ["is red", "has long sleeves"]
+    scores, rows = s.index(gallery)(refs, texts, k=7)
+    assert scores.shape == rows.shape == (2, 7) and (np.diff(scores, axis=1) <= 1e-6).all()
+    assert sorted(rows[0]) == list(range(7))
+    where = {int(r): i for i, r in enumerate(rows[0])}
+    assert abs(scores[0, where[2]] - scores[0, where[5]]) < 1e-5
+    # the same numbers as the evaluation code's 'full' variant on the same features
+    feats = lambda im: PatchFeatures()(torch.from_numpy(im).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    enc = fake_text_encoder(texts)
+    want = composed_similarity("full", embed_images(s.qformer, feats(gallery)),
+                               composed=embed_composed(s.qformer, feats(refs), enc["tokens"], enc["mask"]))
+    assert np.allclose(np.take_along_axis(want.numpy(), rows, 1), scores, atol=1e-5)
+    # the text matters: another modification text reorders (or rescores) the same gallery
+    other, _ = s(refs, ["is green", "is a bag"], k=7)
+    assert not np.allclose(other, scores)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s: s(np.zeros((1, 32, 32, 3), np.uint8), ["x"]), "call index"),
+    (lambda s: s.index(np.zeros((3, 32, 32, 3), np.uint8))(np.zeros((2, 32, 32, 3), np.uint8), ["x"]), "1 texts for 2"),
+    (lambda s: s.index(np.zeros((3, 32, 32, 3), np.uint8))(np.zeros((1, 32, 32, 3), np.uint8), ["x"], k=4), r"\[1, 3\]"),
+    (lambda s: s.index(np.zeros((3, 32, 32, 3), np.uint8))(np.zeros((1, 32, 32, 3), np.uint8), [""]), "non-empty"),
+    (lambda s: s.index(np.zeros((3, 32, 32), np.uint8)), "gallery images must be uint8"),
+])
+def test_composed_search_refuses_bad_input_by_name(call, message):
+    with pytest.raises(AtelierInputError, match=message):
+        call(composed_search())
