@@ -418,7 +418,9 @@ def retrieval_settings(params: Mapping[str, Any]) -> dict:
     return dict(R)
 
 
-SUPER_RES_KEYS = ("base", "scale", "tokenizer_lr", "sampling_steps", "guidance_scale")
+SUPER_RES_KEYS = ("base", "scale", "tokenizer_lr", "sampling_steps", "guidance_scale", "low_res_mode", "low_res_depth")
+#: lib.super_res_model.LOW_RES_MODES (repeated here: this module imports no torch)
+SUPER_RES_LOW_RES_MODES = ("cross_attention", "joint")
 SUPER_RES_PROFILE_KEYS = ("tokenizer_steps", "steps", "train_images", "eval_n")
 
 
@@ -444,6 +446,12 @@ def super_res_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("tokenizer_lr", "guidance_scale"):
         if isinstance(S[key], bool) or not isinstance(S[key], (int, float)) or S[key] < 0:
             raise AtelierInputError(f"params.yaml: super_res.{key}: a non-negative number, got {S[key]!r}")
+    if S["low_res_mode"] not in SUPER_RES_LOW_RES_MODES:
+        raise AtelierInputError(f"params.yaml: super_res.low_res_mode: one of {', '.join(SUPER_RES_LOW_RES_MODES)}, "
+                                f"got {S['low_res_mode']!r}")
+    v = S["low_res_depth"]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise AtelierInputError(f"params.yaml: super_res.low_res_depth: an integer >= 1, got {v!r}")
     return dict(S)
 
 

@@ -13,11 +13,11 @@ transformer conditioned on the base tokens and on the text; we keep the factor 2
   fine-tuned on the high-res renders (``tokenizer_steps``): Muse trains a separate VQGAN per
   resolution; starting from the low-res one is our shortcut, it keeps the colours a short CPU run
   would otherwise lose;
-- **super-res transformer**: :class:`lib.generation.MaskedTokenTransformer` with ``low_res`` set:
-  the low-res tokens join the sequence (embedded with their own table and positions) and text
-  enters through cross-attention, as in the base model. Muse runs the low-res tokens through a
-  separate encoder whose output the high-res tokens cross-attend to; our joint self-attention gives
-  them the same depth of interaction (see :mod:`lib.generation.transformer`). Training: arccos
+- **super-res transformer** (``super_res.low_res_mode``, :mod:`lib.super_res_model`): by default
+  Muse's form (Fig. 4), the low-res tokens through ``low_res_depth`` self-attention blocks of their
+  own, whose outputs join the text embeddings as the high-res tokens' cross-attention memory;
+  ``joint`` instead prepends the low-res tokens to the high-res sequence of a
+  :class:`lib.generation.MaskedTokenTransformer` (every layer attends over both). Training: arccos
   masking of the high-res tokens, text dropped on ``generation.cond_drop`` of the rows; the low-res
   tokens are never dropped (:meth:`lib.generation.Condition.unconditional` keeps them), so
   classifier-free guidance contrasts text with no text at fixed low-res content.
@@ -45,6 +45,9 @@ from .io import AtelierInputError, atomic_write_json
 from .paths import out_root
 
 STAGE = "03_generators/super_res"
+#: how each ``super_res.low_res_mode`` lets the high-res tokens see the low-res ones (table rows say it)
+LOW_RES_FORM = {"cross_attention": "low-res encoder + cross-attention, Muse Fig. 4",
+                "joint": "low-res tokens in the self-attention, not Muse's separate encoder"}
 EVAL_STAGE = "03c_super_resolution"
 
 
@@ -128,6 +131,14 @@ def highres_tokenizer_config(params: Mapping[str, Any], low_name: str, scale: in
     return cfg
 
 
+def build_model(params: Mapping[str, Any], low_tok, high_tok):
+    """The super-res transformer of ``super_res.low_res_mode`` over :func:`transformer_config`."""
+    from .super_res_model import build_super_res_model
+
+    S = settings(params)
+    return build_super_res_model(transformer_config(params, low_tok, high_tok), S["low_res_mode"], S["low_res_depth"])
+
+
 def transformer_config(params: Mapping[str, Any], low_tok, high_tok):
     """Base-model width/depth over the high-res grid, with ``low_res = (h, w, C, K)`` of the low-res tokens."""
     from .generation import TransformerConfig
@@ -142,9 +153,9 @@ def transformer_config(params: Mapping[str, Any], low_tok, high_tok):
 
 def load_trained(params: Mapping[str, Any], device: str = "cpu"):
     """``(sr_model, low_tokenizer, high_tokenizer)`` of a trained stage (eval mode)."""
-    from .generation import load_generator
     from .generators import load_named_tokenizer
     from .models.tokenizer import load_tokenizer
+    from .super_res_model import load_super_res_model
 
     S = settings(params)
     for path in (tokenizer_path(), model_path()):
@@ -154,8 +165,7 @@ def load_trained(params: Mapping[str, Any], device: str = "cpu"):
     low = load_named_tokenizer(params, low_name, device)
     high = load_tokenizer(tokenizer_path(), highres_tokenizer_config(params, low_name, S["scale"]),
                           disc_ndf=params["tokenizers"]["disc_ndf"], device=device)
-    model, _ = load_generator(model_path(), device)
-    return model, low, high
+    return load_super_res_model(model_path(), device), low, high
 
 
 def super_resolve(model, high_tok, low_tokens: torch.Tensor, text_cond, settings_: Mapping[str, Any], *,
@@ -203,7 +213,7 @@ def run_train(profile: str, progress: bool = True) -> int:
     from . import params as lib_params
     from . import tokenizers as T
     from .data.caption_dataset import load_split
-    from .generation import MaskedTokenTransformer, train_masked
+    from .generation import train_masked
     from .io import sha256_file
     from .metrics.reconstruction import psnr, ssim
     from .models.tokenizer import Tokenizer, train_tokenizer
@@ -264,7 +274,7 @@ def run_train(profile: str, progress: bool = True) -> int:
     table, ids = GEN.text_table(progress=progress)
 
     # 3. the super-res transformer
-    model = MaskedTokenTransformer(transformer_config(P, low, high))
+    model = build_model(P, low, high)
     warmup = min(int(G["warmup_steps"]), max(1, S["steps"] // 10))
     common = dict(steps=S["steps"], batch_size=G["batch_size"], lr=G["lr"], seed=seed, warmup_steps=warmup,
                   cond_drop=G["cond_drop"], label_smoothing=G["label_smoothing"])
@@ -290,6 +300,7 @@ def run_train(profile: str, progress: bool = True) -> int:
     last = history[-50:]
     metrics = {
         "skipped": False, "steps": S["steps"], "tokenizer_steps": S["tokenizer_steps"], "base": S["base"],
+        "low_res_mode": S["low_res_mode"],
         "low_res_tokenizer": low_name, "low_token_shape": list(low.token_shape),
         "high_token_shape": list(high.token_shape), "high_image_size": int(high.config["image_size"]),
         "parameters": int(sum(p.numel() for p in model.parameters())),
@@ -308,7 +319,7 @@ def run_train(profile: str, progress: bool = True) -> int:
         "num_train_images": int(len(sel)), "num_heldout_images": int(n_eval),
         "final_tokenizer_loss_rec": float(np.mean([h["loss_rec"] for h in tok_history[-50:]])),
     }
-    prov = run_info(profile, seed, model="super_res", settings=S, transformer=model.config.to_dict(),
+    prov = run_info(profile, seed, model="super_res", settings=S, transformer=model.arch,
                     high_tokenizer=highres_tokenizer_config(P, low_name, S["scale"]),
                     checkpoint="artifacts/super_res/model.safetensors", checkpoint_sha256=sha256_file(model_path()),
                     tokenizer_checkpoint="artifacts/super_res/tokenizer.safetensors",
@@ -386,7 +397,7 @@ def evaluate(params: Mapping[str, Any], progress: bool = False) -> dict[str, Any
          "stage": "base", **score(out_base["images"], upsample(out_base["images"], scale)),
          "seconds_per_image": out_base["seconds_per_image"]},
         {"method": f"Muse base + super-res ({high.token_shape[0]}x{high.token_shape[1]} tokens, "
-                   f"{high.config['image_size']}px)",
+                   f"{high.config['image_size']}px; {LOW_RES_FORM[S['low_res_mode']]})",
          "stage": "base + super-res", **score(downsample(out_sr["images"], scale), out_sr["images"]),
          "seconds_per_image": out_base["seconds_per_image"] + out_sr["seconds_per_image"]},
     ]
@@ -413,7 +424,8 @@ def evaluate(params: Mapping[str, Any], progress: bool = False) -> dict[str, Any
                               "guidance": f"linear 0->{SP['guidance_scale']}"},
             "super_res_sampling": {"sampler": "maskgit", "steps": S["sampling_steps"],
                                    "guidance": f"linear 0->{S['guidance_scale']}"},
-            "prompts": "first caption of the first eval_n test images"}
+            "prompts": "first caption of the first eval_n test images",
+            "super_res_model": {"low_res_mode": S["low_res_mode"], "arch": sr.arch}}
     return {"rows": rows, "reconstruction": recon, "samples": samples, "provenance": prov}
 
 

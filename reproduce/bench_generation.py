@@ -171,37 +171,53 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 # ---------------------------------------------------------------------------------------------
 # FLOPs
 # ---------------------------------------------------------------------------------------------
-def transformer_forward_flops(cfg, batch: int, text_len: int = TEXT_LEN) -> dict[str, int]:
+def transformer_forward_flops(cfg, batch: int, text_len: int = TEXT_LEN, low_res_depth: int = 0) -> dict[str, int]:
     """Analytic FLOPs (2 per multiply-add) of one :class:`MaskedTokenTransformer` forward.
 
     ``linear``: every weight matmul (text projection, q/kv/out projections of self- and
     cross-attention, MLP, the C output heads, the concat channel mixes); ``attention``: the
-    score and value products of self-attention over S = N (+ low-res Nl) tokens and of
-    cross-attention to ``text_len`` text tokens. Embedding lookups, norms and softmax are not counted.
+    score and value products of self-attention and of cross-attention. Embedding lookups, norms
+    and softmax are not counted. A super-res model (``cfg.low_res``) has the low-res tokens either
+    in the sequence (``low_res_depth=0``: the joint form, S = N + Nl) or, Muse Fig. 4
+    (:class:`lib.super_res_model.MuseSuperResTransformer`, ``low_res_depth`` encoder blocks), in a
+    separate self-attention encoder whose Nl outputs join the text as cross-attention memory
+    (S = N, memory = text_len + Nl). ``condition_attention`` is the part computed once per condition
+    (the low-res encoder's attention), which decoding caches across steps.
     """
     if cfg.text_mode not in ("none", "cross_attention") or cfg.max_visual_tokens:
         raise AtelierInputError(f"transformer_forward_flops: text_mode {cfg.text_mode!r} with visual tokens is not "
                                 "modelled (cross_attention or none, no visual prefix)")
     d, b, n = cfg.dim, batch, cfg.num_positions
     hidden = int(d * cfg.mlp_ratio)
-    s = n + (cfg.low_res[0] * cfg.low_res[1] if cfg.low_res else 0)
+    nl = cfg.low_res[0] * cfg.low_res[1] if cfg.low_res else 0
+    encoder = int(low_res_depth) if nl else 0
+    s = n + (0 if encoder else nl)
     cross = cfg.text_mode == "cross_attention"
+    memory = text_len + (nl if encoder else 0)
     linear = 0
     if cfg.channel_embedding != "sum":  # the concatenating modes' linear map (absent for one channel)
         if cfg.channels > 1:
             linear += 2 * b * n * cfg.channels * d * d
         if cfg.low_res and cfg.low_res[2] > 1:
-            linear += 2 * b * (s - n) * cfg.low_res[2] * d * d
+            linear += 2 * b * nl * cfg.low_res[2] * d * d
     if cross:
         linear += 2 * b * text_len * cfg.text_dim * d
     per_block_linear = 8 * b * s * d * d + 4 * b * s * d * hidden
     per_block_attn = 4 * b * s * s * d
     if cross:
-        per_block_linear += 4 * b * s * d * d + 4 * b * text_len * d * d
-        per_block_attn += 4 * b * s * text_len * d
+        per_block_linear += 4 * b * s * d * d + 4 * b * memory * d * d
+        per_block_attn += 4 * b * s * memory * d
     linear += cfg.depth * per_block_linear + 2 * b * n * d * cfg.channels * cfg.codebook_size
-    attention = cfg.depth * per_block_attn
-    return {"linear": linear, "attention": attention, "total": linear + attention}
+    condition_attention = encoder * 4 * b * nl * nl * d
+    linear += encoder * (8 * b * nl * d * d + 4 * b * nl * d * hidden)
+    attention = cfg.depth * per_block_attn + condition_attention
+    return {"linear": linear, "attention": attention, "condition_attention": condition_attention,
+            "total": linear + attention}
+
+
+def _low_res_depth(model) -> int:
+    """The low-res encoder depth of a Muse-form super-res model (0: none, the joint form)."""
+    return int(getattr(model, "low_res_depth", 0))
 
 
 def counted_linear_flops(model: torch.nn.Module, fn: Callable[[], Any]) -> int:
@@ -235,10 +251,13 @@ def model_size(profile: dict[str, Any], params: dict[str, Any]) -> tuple[dict[st
 
 
 def build_models(grid: int, size: dict[str, Any], codebook_size: int, text_mode: str, seed: int,
-                 device: torch.device) -> dict[str, torch.nn.Module]:
+                 device: torch.device, super_res_form: tuple[str, int] = ("cross_attention", 2)
+                 ) -> dict[str, torch.nn.Module]:
     """Masked and AR transformers of one size over a ``grid x grid`` x 1 token grid, plus (16x16 and
-    up) the super-resolution stage conditioned on ``grid/2 x grid/2`` low-res tokens."""
+    up) the super-resolution stage conditioned on ``grid/2 x grid/2`` low-res tokens, in the form
+    ``super_res_form = (super_res.low_res_mode, super_res.low_res_depth)``."""
     from lib.generation import ARTransformer, MaskedTokenTransformer, TransformerConfig
+    from lib.super_res_model import build_super_res_model
 
     cfg = TransformerConfig(grid_h=grid, grid_w=grid, channels=1, codebook_size=codebook_size, text_mode=text_mode,
                             max_text_len=TEXT_LEN, **size)
@@ -247,7 +266,7 @@ def build_models(grid: int, size: dict[str, Any], codebook_size: int, text_mode:
     if grid >= 16 and grid % 2 == 0:
         low = grid // 2
         sr = TransformerConfig.from_dict({**cfg.to_dict(), "low_res": (low, low, 1, codebook_size)})
-        models["super_res"] = MaskedTokenTransformer(sr)
+        models["super_res"] = build_super_res_model(sr, super_res_form[0], int(super_res_form[1]))
     return {k: m.to(device).eval() for k, m in models.items()}
 
 
@@ -316,7 +335,9 @@ def sampler_methods(models: dict[str, torch.nn.Module], batch: int, settings: di
         sr_cond.low_res_tokens = torch.randint(0, lk, (batch, lh * lw, lc), generator=g).to(device)
         methods["super_res"] = dict(
             label=(f"{SUPER_RES_LABEL}: {cfg.grid_h}x{cfg.grid_w} tokens conditioned on {lh}x{lw} low-res tokens "
-                   f"+ text, MaskGIT {sr_steps} steps (Muse Sec. 2.4, 2.8)"),
+                   f"+ text, MaskGIT {sr_steps} steps (Muse Sec. 2.4, 2.8; "
+                   + (f"low-res encoder of {_low_res_depth(sr)} blocks + cross-attention, Fig. 4)" if _low_res_depth(sr)
+                      else "low-res tokens in the self-attention)")),
             model=sr, fn=masked_fn(sr, sr_cond, lambda: make_scheduler("maskgit", settings,
                                                                       maskgit_steps=sr_steps)))
     return methods
@@ -400,7 +421,7 @@ def bench_mfu(model, batch, seed, device, dtype, repeats, peak) -> dict[str, Any
         with torch.no_grad(), _autocast(device, dtype):
             return model(tokens, cond)
 
-    flops = transformer_forward_flops(cfg, batch)
+    flops = transformer_forward_flops(cfg, batch, low_res_depth=_low_res_depth(model))
     stats = measure(forward, warmup=2, min_repeats=repeats, max_repeats=repeats, budget_s=0, device=device)
     rate = flops["total"] / stats["median"]
     return {"batch": batch, "flops_analytic": flops, "flops_linear_counted": counted_linear_flops(model, forward),
@@ -430,7 +451,8 @@ def step_flops(model, rows: int, seed: int, device: torch.device) -> dict[str, i
             model(tokens, cond, cache=cache)
     counted = {str(k).replace("aten.", ""): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
     matmul = sum(v for k, v in counted.items() if "attention" not in k)
-    attention = transformer_forward_flops(cfg, rows)["attention"]
+    f = transformer_forward_flops(cfg, rows, low_res_depth=_low_res_depth(model))
+    attention = f["attention"] - f["condition_attention"]  # the encoder ran in encode_condition, once
     return {"matmul_counted": matmul, "attention_analytic": attention, "total": matmul + attention,
             "counted_ops": counted}
 
@@ -693,7 +715,8 @@ def run(profile: str, out: Path | None = None, *, device: str | None = None, dty
     for grid in grids:
         key = f"{grid}x{grid}"
         log(f"grid {key}:")
-        models = build_models(grid, size, codebook_size, entry["text_mode"], seed, dev)
+        models = build_models(grid, size, codebook_size, entry["text_mode"], seed, dev,
+                              (params["super_res"]["low_res_mode"], int(params["super_res"]["low_res_depth"])))
         g: dict[str, Any] = {"token_shape": [grid, grid, 1],
                              "parameters": {k: int(sum(p.numel() for p in m.parameters())) for k, m in models.items()}}
         g["samplers"] = bench_samplers(models, batches, settings, seed, dev, dt, timing, log)

@@ -192,6 +192,33 @@ def test_analytic_linear_flops_match_counted_flops(overrides):
     assert flops["attention"] == cfg.depth * (4 * batch * s * s * cfg.dim + cross)
 
 
+@pytest.mark.parametrize("low_res", [(8, 8, 1, 64), (2, 2, 2, 64)])
+def test_muse_form_super_res_flops_match_counted_flops_and_leave_the_encoder_to_the_condition(low_res):
+    """lib.super_res_model (Muse Fig. 4): the high-res sequence is N tokens, the cross-attention memory
+    text + Nl, plus the low-res encoder, which decoding runs once per condition."""
+    from lib.generation import TransformerConfig
+    from lib.super_res_model import MuseSuperResTransformer
+
+    grid = 2 * low_res[0]
+    cfg = TransformerConfig(grid_h=grid, grid_w=grid, channels=1, codebook_size=64, max_text_len=B.TEXT_LEN,
+                            text_mode="cross_attention", channel_embedding="concat", low_res=low_res, **TINY)
+    model = MuseSuperResTransformer(cfg, low_res_depth=2).eval()
+    batch, n, nl = 3, cfg.num_positions, low_res[0] * low_res[1]
+    tokens = torch.full((batch, n, 1), cfg.mask_id)
+    cond = B.text_condition(batch, cfg.text_dim, torch.device("cpu"), 0)
+    cond.low_res_tokens = torch.randint(0, 64, (batch, nl, low_res[2]))
+    with torch.no_grad():
+        counted = B.counted_linear_flops(model, lambda: model(tokens, cond))
+    flops = B.transformer_forward_flops(cfg, batch, low_res_depth=2)
+    assert flops["linear"] == counted
+    d, mem = cfg.dim, B.TEXT_LEN + nl
+    assert flops["condition_attention"] == 2 * 4 * batch * nl * nl * d
+    assert flops["attention"] == cfg.depth * (4 * batch * n * n * d + 4 * batch * n * mem * d) + flops["condition_attention"]
+    step = B.step_flops(model, batch, 0, torch.device("cpu"))
+    assert step["attention_analytic"] == flops["attention"] - flops["condition_attention"]
+    assert step["matmul_counted"] < flops["linear"]  # text, memory K/V and the encoder are cached
+
+
 def test_flop_model_refuses_unmodelled_layouts():
     from lib.generation import TransformerConfig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pytest
@@ -81,15 +82,17 @@ def test_highres_tokenizer_copies_the_low_res_weights_and_doubles_the_grid():
     assert (model_cfg.grid_h, model_cfg.grid_w) == (16, 16) and model_cfg.low_res == (8, 8, 1, 16)
 
 
-def _tiny_sr(K=8):
+def _tiny_sr(K=8, mode="joint"):
     from lib.generation import TransformerConfig
+    from lib.super_res_model import build_super_res_model
 
     cfg = TransformerConfig(grid_h=4, grid_w=4, channels=1, codebook_size=K, dim=32, depth=2, heads=2,
                             text_mode="cross_attention", low_res=(2, 2, 1, K))
-    return MaskedTokenTransformer(cfg)
+    return build_super_res_model(cfg, mode, low_res_depth=1)
 
 
-def test_super_res_model_learns_to_use_the_low_res_tokens(tmp_path):
+@pytest.mark.parametrize("mode", ["cross_attention", "joint"])
+def test_super_res_model_learns_to_use_the_low_res_tokens(tmp_path, mode):
     # high-res grid = nearest upsampling of the 2x2 low-res grid: learnable only from the low-res tokens
     g = torch.Generator().manual_seed(0)
     K = 8
@@ -99,7 +102,7 @@ def test_super_res_model_learns_to_use_the_low_res_tokens(tmp_path):
     table = TextFeatureTable(torch.randn(4, 5, 384), torch.ones(4, 5, dtype=torch.bool), ["a", "b", "c", "d"])
     caption_ids = torch.randint(0, 4, (64, 1), generator=g)
     torch.manual_seed(0)
-    model = _tiny_sr(K)
+    model = _tiny_sr(K, mode)
     history = train_masked(model, high, tmp_path / "sr.safetensors", steps=150, batch_size=32, lr=3e-3,
                            caption_ids=caption_ids, text_table=table, low_res_tokens=low, mode="muse",
                            label_smoothing=0.0, warmup_steps=10, progress=False)
@@ -148,3 +151,52 @@ def test_stage_skips_cleanly_and_resamples_shapes(tmp_path, monkeypatch):
     up = SR.upsample(img, 2)
     assert up.shape == (2, 3, 16, 16) and up.abs().max() <= 1
     assert (SR.downsample(up, 2) - img).abs().mean() < 0.05
+
+
+def test_muse_form_keeps_low_res_tokens_out_of_the_sequence_and_in_the_cross_attention_memory(tmp_path):
+    """Muse Fig. 4: low-res tokens -> their own self-attention -> concatenated with the text as the
+    high-res tokens' cross-attention memory; a text-dropped row keeps the low-res part."""
+    from lib.generation import load_generator
+    from lib.super_res_model import MuseSuperResTransformer, load_super_res_model
+
+    torch.manual_seed(0)
+    model = _tiny_sr(8, "cross_attention").eval()
+    assert isinstance(model, MuseSuperResTransformer) and model.arch["low_res_depth"] == 1
+    table = TextFeatureTable(torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.bool), ["a", "b"])
+    cond = table.condition(torch.tensor([0, 1]))
+    cond.low_res_tokens = torch.randint(0, 8, (2, 4, 1))
+    tokens = torch.full((2, 16, 1), 8)
+    cache = model.encode_condition(cond, 2)
+    assert cache.prefix is None and cache.memory_mask.shape == (2, 5 + 4)   # text L=5, then Nl=4 low-res
+    logits = model(tokens, cond)
+    assert logits.shape == (2, 16, 1, 8) and torch.allclose(model(tokens, cache=cache), logits)
+    other = dataclasses_replace(cond, low_res_tokens=(cond.low_res_tokens + 1) % 8)
+    assert not torch.allclose(model(tokens, other), logits)                    # the low-res tokens are seen
+    dropped = cond.unconditional()
+    assert torch.equal(dropped.low_res_tokens, cond.low_res_tokens)
+    nulled = model(tokens, dropped)
+    assert not torch.allclose(nulled, logits)                                  # the text is seen ...
+    assert torch.allclose(model(tokens, dataclasses_replace(dropped, text_tokens=None, text_mask=None, drop=None)), nulled,
+                          atol=1e-6)                                           # ... and dropped text is no text
+    with pytest.raises(AtelierInputError, match="low_res_tokens are required"):
+        model(tokens, table.condition(torch.tensor([0, 1])))
+    # checkpoints say which form they are
+    for mode in ("cross_attention", "joint"):
+        m = _tiny_sr(8, mode)
+        low = torch.randint(0, 8, (8, 4, 1))
+        train_masked(m, torch.randint(0, 8, (8, 16, 1)), tmp_path / f"{mode}.safetensors", steps=2, batch_size=4,
+                     caption_ids=torch.zeros(8, 1, dtype=torch.long), text_table=table, low_res_tokens=low,
+                     mode="muse", warmup_steps=1, progress=False)
+        back = load_super_res_model(tmp_path / f"{mode}.safetensors")
+        assert type(back) is type(m) and torch.allclose(back(tokens, cond), m.eval()(tokens, cond), atol=1e-6)
+    with pytest.raises(AtelierInputError, match="not a generator checkpoint"):
+        load_generator(tmp_path / "cross_attention.safetensors")   # the generic loader does not guess
+
+
+@pytest.mark.parametrize("key, value, message", [("low_res_mode", "prefix", "one of cross_attention, joint"),
+                                                 ("low_res_depth", 0, "super_res.low_res_depth")])
+def test_low_res_form_settings_are_checked(key, value, message):
+    bad = copy.deepcopy(lib_params.load("smoke"))
+    bad["super_res"][key] = value
+    with pytest.raises(AtelierInputError, match=message):
+        SR.settings(bad)

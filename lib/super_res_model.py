@@ -1,0 +1,123 @@
+"""Muse's super-resolution transformer (Muse Sec. 2.4, Fig. 4): a low-res encoder feeding cross-attention.
+
+Fig. 4: "Low-resolution tokens are passed into a series of self-attention Transformer layers; and
+the resulting output embeddings are concatenated with text embeddings extracted from the
+conditioning text prompt. Following this, cross-attention is applied from these concatenated
+embeddings to the masked high-resolution tokens." :class:`MuseSuperResTransformer` is exactly that
+on top of :class:`lib.generation.MaskedTokenTransformer`: the low-res tokens (embedded with their
+own table and 2-D positions) go through ``low_res_depth`` self-attention blocks of their own; their
+outputs are appended to the projected text as cross-attention memory of every high-res block; the
+high-res sequence holds only the high-res tokens.
+
+The other form, ``super_res.low_res_mode: joint``, is the base class with ``low_res`` set: the
+low-res tokens are prepended to the high-res sequence and every layer attends jointly over both
+(cheap at our <= 16x16 grids; Muse's cross-attention form is what keeps its 64x64 = 4096-token
+sequence tractable). Notebook 03c reports whichever the stage trained.
+
+Classifier-free guidance: a text-dropped row (``cond.drop``, or no text) gets the learned null text
+in place of the text part of the memory, and keeps the low-res part, so guidance contrasts text with
+no text at fixed low-res content (as in the joint form).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .generation import MaskedTokenTransformer, TransformerConfig
+from .generation.layers import Block, init_weights
+from .generation.transformer import ConditionCache
+from .io import AtelierInputError, load_checkpoint
+
+__all__ = ["LOW_RES_MODES", "MuseSuperResTransformer", "build_super_res_model", "load_super_res_model"]
+
+#: ``super_res.low_res_mode``: Muse's separate encoder + cross-attention, or joint self-attention
+LOW_RES_MODES = ("cross_attention", "joint")
+
+
+class MuseSuperResTransformer(MaskedTokenTransformer):
+    """High-res masked-token transformer whose cross-attention memory is [text ; low-res encoder
+    outputs] (Muse Fig. 4). ``config`` must have ``low_res`` set and ``text_mode="cross_attention"``."""
+
+    arch_name = "muse_super_res"
+
+    def __init__(self, config: TransformerConfig | dict, low_res_depth: int = 2):
+        if isinstance(config, dict):
+            config = TransformerConfig.from_dict(config)
+        if config.low_res is None or config.text_mode != "cross_attention":
+            raise AtelierInputError(f"MuseSuperResTransformer: needs low_res=(h, w, c, k) and text_mode="
+                                    f"'cross_attention', got low_res={config.low_res!r}, text_mode={config.text_mode!r}")
+        if isinstance(low_res_depth, bool) or not isinstance(low_res_depth, int) or low_res_depth < 1:
+            raise AtelierInputError(f"MuseSuperResTransformer: low_res_depth must be an integer >= 1, got {low_res_depth!r}")
+        super().__init__(config)
+        c = self.config
+        self.low_res_depth = low_res_depth
+        self.low_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, c.dropout) for _ in range(low_res_depth))
+        self.low_norm = nn.LayerNorm(c.dim)
+        self.low_blocks.apply(init_weights)
+        self.low_norm.apply(init_weights)
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        return {**super().arch, "low_res_depth": self.low_res_depth}
+
+    def encode_low_res(self, cond, batch: int) -> torch.Tensor:
+        """The low-res encoder of Fig. 4: ``[B, Nl, dim]`` after its self-attention blocks."""
+        x, _ = self._low_res_prefix(cond, batch)
+        x = self.drop(x)
+        for block in self.low_blocks:
+            x = block(x)
+        return self.low_norm(x)
+
+    def encode_condition(self, cond, batch: int) -> ConditionCache:
+        """As :meth:`MaskedTokenTransformer.encode_condition`, with the low-res tokens in the
+        cross-attention memory instead of the sequence (cached across decoding steps likewise)."""
+        c = self.config
+        self._check_condition(cond, batch)
+        prefix = key_mask = None
+        if c.max_visual_tokens > 0 and cond is not None and cond.visual_tokens is not None:
+            prefix, m = self._visual_prefix(cond, batch)
+            key_mask = torch.cat([m, torch.ones(batch, c.num_positions, dtype=torch.bool, device=m.device)], 1)
+            if bool(key_mask.all()):
+                key_mask = None
+        text, text_mask = self.text(cond, batch)
+        low = self.encode_low_res(cond, batch)
+        memory = torch.cat([text.expand(batch, -1, -1), low], 1)
+        memory_mask = torch.cat([text_mask.expand(batch, -1),
+                                 torch.ones(batch, low.shape[1], dtype=torch.bool, device=low.device)], 1)
+        memory_kv = [block.cross.keys_values(memory) for block in self.blocks]
+        return ConditionCache(batch=batch, prefix=prefix, key_mask=key_mask, memory_kv=memory_kv,
+                              memory_mask=memory_mask)
+
+
+def build_super_res_model(config: TransformerConfig, low_res_mode: str = "cross_attention",
+                          low_res_depth: int = 2) -> MaskedTokenTransformer:
+    """The super-res transformer of ``super_res.low_res_mode`` (see the module docstring)."""
+    if low_res_mode == "cross_attention":
+        return MuseSuperResTransformer(config, low_res_depth)
+    if low_res_mode == "joint":
+        return MaskedTokenTransformer(config)
+    raise AtelierInputError(f"super_res.low_res_mode must be one of {LOW_RES_MODES}, got {low_res_mode!r}")
+
+
+def load_super_res_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> MaskedTokenTransformer:
+    """Either form from its checkpoint (the header's ``arch`` says which), in eval mode."""
+    from .generation import load_generator
+
+    tensors, meta = load_checkpoint(ckpt_path)
+    arch = dict(meta.get("arch") or {})
+    if arch.get("name") != MuseSuperResTransformer.arch_name:
+        return load_generator(ckpt_path, device)[0]
+    depth = arch.pop("low_res_depth", None)
+    for key in ("name", "objective"):
+        arch.pop(key, None)
+    model = MuseSuperResTransformer(TransformerConfig.from_dict(arch), depth)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise AtelierInputError(f"{ckpt_path}: parameters do not match the super-res model (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]})")
+    return model.to(device).eval()
