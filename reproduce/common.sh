@@ -12,6 +12,11 @@ export PYTHONUNBUFFERED=1
 # figures (with MPLBACKEND=Agg inherited, every plt.show() was dropped); plain Python falls back to
 # Agg by itself on a machine without a display.
 unset MPLBACKEND
+# tqdm.auto in a notebook kernel wants ipywidgets for a widget bar, warns in red that IProgress is
+# missing, then draws the text bar anyway; the text bar is the one papermill --log-output shows in
+# the dvc repro output, so keep it and drop the warning. (A message filter: PYTHONWARNINGS is read
+# before site-packages, so tqdm's own warning class cannot be named here.)
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:IProgress not found"
 
 say() { printf '\033[1m[atelier]\033[0m (%dm%02ds) %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 

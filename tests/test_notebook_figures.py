@@ -28,3 +28,22 @@ def test_a_notebook_run_in_the_stage_environment_embeds_its_png(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     outputs = json.loads(out.read_text())["cells"][0]["outputs"]
     assert any("image/png" in o.get("data", {}) for o in outputs), outputs
+
+
+def test_a_notebook_progress_bar_shows_as_text_without_the_ipywidgets_warning(tmp_path):
+    """Issue 20: every executed notebook showed a red 'TqdmWarning: IProgress not found'; the stage
+    environment drops it and keeps tqdm's text bar (what papermill --log-output prints)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='counting'):\n    pass")]
+    src, out = tmp_path / "bar.ipynb", tmp_path / "bar.out.ipynb"
+    nbformat.write(nb, src)
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    env.pop("PYTHONWARNINGS", None)
+    script = (f'source "{repo_root() / "reproduce" / "common.sh"}" && '
+              f'papermill -k python3 --no-progress-bar "{src}" "{out}"')
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = "".join("".join(o.get("text", "")) for o in json.loads(out.read_text())["cells"][0]["outputs"])
+    assert "counting: 100%" in text and "3/3" in text, text
+    assert "IProgress" not in text and "TqdmWarning" not in text, text
