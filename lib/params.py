@@ -418,7 +418,8 @@ def retrieval_settings(params: Mapping[str, Any]) -> dict:
     return dict(R)
 
 
-SUPER_RES_KEYS = ("base", "scale", "tokenizer_lr", "sampling_steps", "guidance_scale", "low_res_mode", "low_res_depth")
+SUPER_RES_KEYS = ("base", "scale", "tokenizer_lr", "sampling_steps", "guidance_scale", "low_res_mode", "low_res_depth",
+                  "compare_forms")
 #: lib.super_res_model.LOW_RES_MODES (repeated here: this module imports no torch)
 SUPER_RES_LOW_RES_MODES = ("cross_attention", "joint")
 SUPER_RES_PROFILE_KEYS = ("tokenizer_steps", "steps", "train_images", "eval_n")
@@ -452,6 +453,8 @@ def super_res_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     v = S["low_res_depth"]
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise AtelierInputError(f"params.yaml: super_res.low_res_depth: an integer >= 1, got {v!r}")
+    if not isinstance(S["compare_forms"], bool):
+        raise AtelierInputError(f"params.yaml: super_res.compare_forms: true or false, got {S['compare_forms']!r}")
     return dict(S)
 
 

@@ -17,7 +17,9 @@ transformer conditioned on the base tokens and on the text; we keep the factor 2
   Muse's form (Fig. 4), the low-res tokens through ``low_res_depth`` self-attention blocks of their
   own, whose outputs join the text embeddings as the high-res tokens' cross-attention memory;
   ``joint`` instead prepends the low-res tokens to the high-res sequence of a
-  :class:`lib.generation.MaskedTokenTransformer` (every layer attends over both). Training: arccos
+  :class:`lib.generation.MaskedTokenTransformer` (every layer attends over both);
+  ``super_res.compare_forms`` also trains the other form on the same tokens, steps and seed
+  (``model_<form>.safetensors``) and :func:`evaluate` scores it beside the configured one. Training: arccos
   masking of the high-res tokens, text dropped on ``generation.cond_drop`` of the rows; the low-res
   tokens are never dropped (:meth:`lib.generation.Condition.unconditional` keeps them), so
   classifier-free guidance contrasts text with no text at fixed low-res content.
@@ -66,8 +68,15 @@ def tokenizer_path() -> Path:
     return artifacts_root() / "tokenizer.safetensors"
 
 
-def model_path() -> Path:
-    return artifacts_root() / "model.safetensors"
+def model_path(form: str | None = None) -> Path:
+    """The configured form's checkpoint; ``form``: the other form's, trained for the comparison
+    (``super_res.compare_forms``)."""
+    return artifacts_root() / ("model.safetensors" if form is None else f"model_{form}.safetensors")
+
+
+def other_form(S: Mapping[str, Any]) -> str:
+    """The ``low_res_mode`` that ``super_res.compare_forms`` trains beside the configured one."""
+    return "joint" if S["low_res_mode"] == "cross_attention" else "cross_attention"
 
 
 def metrics_path() -> Path:
@@ -131,12 +140,14 @@ def highres_tokenizer_config(params: Mapping[str, Any], low_name: str, scale: in
     return cfg
 
 
-def build_model(params: Mapping[str, Any], low_tok, high_tok):
-    """The super-res transformer of ``super_res.low_res_mode`` over :func:`transformer_config`."""
+def build_model(params: Mapping[str, Any], low_tok, high_tok, form: str | None = None):
+    """The super-res transformer of ``form`` (default ``super_res.low_res_mode``) over
+    :func:`transformer_config`."""
     from .super_res_model import build_super_res_model
 
     S = settings(params)
-    return build_super_res_model(transformer_config(params, low_tok, high_tok), S["low_res_mode"], S["low_res_depth"])
+    return build_super_res_model(transformer_config(params, low_tok, high_tok), form or S["low_res_mode"],
+                                 S["low_res_depth"])
 
 
 def transformer_config(params: Mapping[str, Any], low_tok, high_tok):
@@ -151,21 +162,22 @@ def transformer_config(params: Mapping[str, Any], low_tok, high_tok):
                              text_mode="cross_attention", low_res=(int(lh), int(lw), int(lc), int(low_tok.vocab_size)))
 
 
-def load_trained(params: Mapping[str, Any], device: str = "cpu"):
-    """``(sr_model, low_tokenizer, high_tokenizer)`` of a trained stage (eval mode)."""
+def load_trained(params: Mapping[str, Any], device: str = "cpu", form: str | None = None):
+    """``(sr_model, low_tokenizer, high_tokenizer)`` of a trained stage (eval mode); ``form``: the
+    comparison model of that ``low_res_mode`` instead of the configured one."""
     from .generators import load_named_tokenizer
     from .models.tokenizer import load_tokenizer
     from .super_res_model import load_super_res_model
 
     S = settings(params)
-    for path in (tokenizer_path(), model_path()):
+    for path in (tokenizer_path(), model_path(form)):
         if not path.is_file():
             raise AtelierInputError(f"{path}: missing; run the super-resolution stage first (dvc repro super_res)")
     low_name = params["generation"]["models"][S["base"]]["tokenizer"]
     low = load_named_tokenizer(params, low_name, device)
     high = load_tokenizer(tokenizer_path(), highres_tokenizer_config(params, low_name, S["scale"]),
                           disc_ndf=params["tokenizers"]["disc_ndf"], device=device)
-    return load_super_res_model(model_path(), device), low, high
+    return load_super_res_model(model_path(form), device), low, high
 
 
 def super_resolve(model, high_tok, low_tokens: torch.Tensor, text_cond, settings_: Mapping[str, Any], *,
@@ -289,10 +301,31 @@ def run_train(profile: str, progress: bool = True) -> int:
     # tokens' information (shuffled across rows), and the high-res tokenizer's reconstruction
     test_cond = table.condition(ids["test"][:n_eval, 0])
     test_cond.low_res_tokens = test_lo
-    acc = GEN.heldout_accuracy(model, test_hi, test_cond, seed=seed)
     shuffled = table.condition(ids["test"][:n_eval, 0])
     shuffled.low_res_tokens = test_lo[torch.randperm(n_eval, generator=torch.Generator().manual_seed(seed))]
-    acc_shuffled = GEN.heldout_accuracy(model, test_hi, shuffled, seed=seed)
+
+    def checks(m) -> tuple[float, float]:
+        return (GEN.heldout_accuracy(m, test_hi, test_cond, seed=seed),
+                GEN.heldout_accuracy(m, test_hi, shuffled, seed=seed))
+
+    acc, acc_shuffled = checks(model)
+    # 5. issue 19: the other form on the same tokens, steps and seed, for 03c's comparison
+    comparison = {}
+    if S["compare_forms"]:
+        other = other_form(S)
+        torch.manual_seed(seed)
+        twin = build_model(P, low, high, other)
+        t0 = time.perf_counter()
+        twin_history = train_masked(twin, hi_tokens, model_path(other), caption_ids=ids["train"][torch.from_numpy(sel)],
+                                    text_table=table, low_res_tokens=lo_tokens, mode="muse", progress=progress, **common)
+        twin.eval()
+        twin_acc, twin_shuffled = checks(twin)
+        comparison = {form: {"heldout_acc": a, "heldout_acc_low_res_shuffled": b,
+                             "final_train_loss": float(np.mean([h["loss"] for h in hist[-50:]])),
+                             "parameters": int(sum(p.numel() for p in m.parameters()))}
+                      for form, a, b, hist, m in ((S["low_res_mode"], acc, acc_shuffled, history, model),
+                                                  (other, twin_acc, twin_shuffled, twin_history, twin))}
+        comparison["train_seconds_" + other] = round(time.perf_counter() - t0, 1)
     real = _float(test_hi_u8)
     recon_hi = high.reconstruct(real)
     recon_up = upsample(low.reconstruct(_float(test["images"][:n_eval])), S["scale"])
@@ -300,7 +333,7 @@ def run_train(profile: str, progress: bool = True) -> int:
     last = history[-50:]
     metrics = {
         "skipped": False, "steps": S["steps"], "tokenizer_steps": S["tokenizer_steps"], "base": S["base"],
-        "low_res_mode": S["low_res_mode"],
+        "low_res_mode": S["low_res_mode"], "form_comparison": comparison,
         "low_res_tokenizer": low_name, "low_token_shape": list(low.token_shape),
         "high_token_shape": list(high.token_shape), "high_image_size": int(high.config["image_size"]),
         "parameters": int(sum(p.numel() for p in model.parameters())),
@@ -401,6 +434,16 @@ def evaluate(params: Mapping[str, Any], progress: bool = False) -> dict[str, Any
          "stage": "base + super-res", **score(downsample(out_sr["images"], scale), out_sr["images"]),
          "seconds_per_image": out_base["seconds_per_image"] + out_sr["seconds_per_image"]},
     ]
+    if S["compare_forms"]:
+        # the other low_res_mode, trained on the same data and steps (issue 19): same base tokens
+        other = other_form(S)
+        twin = load_trained(params, form=other)[0]
+        out_twin = super_resolve(twin, high, out_base["tokens"], cond(), S, sampling=SP, seed=seed, progress=progress)
+        rows.append({"method": f"Muse base + super-res ({high.token_shape[0]}x{high.token_shape[1]} tokens, "
+                               f"{high.config['image_size']}px; {LOW_RES_FORM[other]}; comparison)",
+                     "stage": f"base + super-res ({other})",
+                     **score(downsample(out_twin["images"], scale), out_twin["images"]),
+                     "seconds_per_image": out_base["seconds_per_image"] + out_twin["seconds_per_image"]})
     # the super-res model alone, on the real low-res tokens of the same test garments
     real_hi = _float(highres_images(test, np.arange(n), scale))
     lo_real = GEN.tokenize_images(low, test["images"][:n])
@@ -410,10 +453,14 @@ def evaluate(params: Mapping[str, Any], progress: bool = False) -> dict[str, Any
     hi_recon = high.reconstruct(real_hi)
     to01 = lambda x: (x + 1) / 2  # noqa: E731
     recon = []
-    for label, imgs in ((f"low-res tokens -> low-res decoder -> bicubic x{scale}", up_real),
-                        ("low-res tokens -> super-res (text + guidance) -> high-res decoder", sr_real),
-                        ("low-res tokens -> super-res (no text) -> high-res decoder", sr_real_notext),
-                        ("high-res tokenizer reconstruction of the real render (ceiling)", hi_recon)):
+    views = [(f"low-res tokens -> low-res decoder -> bicubic x{scale}", up_real),
+             ("low-res tokens -> super-res (text + guidance) -> high-res decoder", sr_real),
+             ("low-res tokens -> super-res (no text) -> high-res decoder", sr_real_notext)]
+    if S["compare_forms"]:
+        views.append((f"low-res tokens -> super-res, {other_form(S)} form (text + guidance) -> high-res decoder",
+                      super_resolve(twin, high, lo_real, cond(), S, sampling=SP, seed=seed)["images"]))
+    views.append(("high-res tokenizer reconstruction of the real render (ceiling)", hi_recon))
+    for label, imgs in views:
         recon.append({"method": label, "PSNR": psnr(to01(imgs), to01(real_hi)), "SSIM": ssim(to01(imgs), to01(real_hi))})
     k = min(10, n)
     samples = {"prompts": prompts[:k], "base": out_base["images"][:k], "super_res": out_sr["images"][:k],
