@@ -420,7 +420,8 @@ def retrieval_settings(params: Mapping[str, Any]) -> dict:
 
 SUPER_RES_KEYS = ("base", "scale", "tokenizer_lr", "sampling_steps", "guidance_scale", "low_res_mode", "low_res_depth",
                   "compare_forms")
-#: lib.super_res_model.LOW_RES_MODES (repeated here: this module imports no torch)
+#: super_res.low_res_mode: Muse's separate low-res encoder + cross-attention, or joint self-attention
+#: (lib/super_res_model.py builds them)
 SUPER_RES_LOW_RES_MODES = ("cross_attention", "joint")
 SUPER_RES_PROFILE_KEYS = ("tokenizer_steps", "steps", "train_images", "eval_n")
 

@@ -12,7 +12,8 @@ high-res sequence holds only the high-res tokens.
 The other form, ``super_res.low_res_mode: joint``, is the base class with ``low_res`` set: the
 low-res tokens are prepended to the high-res sequence and every layer attends jointly over both
 (cheap at our <= 16x16 grids; Muse's cross-attention form is what keeps its 64x64 = 4096-token
-sequence tractable). Notebook 03c reports whichever the stage trained.
+sequence tractable). The stage trains ``super_res.low_res_mode`` and, with
+``super_res.compare_forms``, the other form too; notebook 03c scores both.
 
 Classifier-free guidance: a text-dropped row (``cond.drop``, or no text) gets the learned null text
 in place of the text part of the memory, and keeps the low-res part, so guidance contrasts text with
@@ -31,12 +32,9 @@ from .generation import MaskedTokenTransformer, TransformerConfig
 from .generation.layers import Block, init_weights
 from .generation.transformer import ConditionCache
 from .io import AtelierInputError, load_checkpoint
+from .params import SUPER_RES_LOW_RES_MODES as LOW_RES_MODES  # the one list; params.yaml is checked against it
 
 __all__ = ["LOW_RES_MODES", "MuseSuperResTransformer", "build_super_res_model", "load_super_res_model"]
-
-#: ``super_res.low_res_mode``: Muse's separate encoder + cross-attention, or joint self-attention
-LOW_RES_MODES = ("cross_attention", "joint")
-
 
 class MuseSuperResTransformer(MaskedTokenTransformer):
     """High-res masked-token transformer whose cross-attention memory is [text ; low-res encoder

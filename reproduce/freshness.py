@@ -28,7 +28,7 @@ BEGIN, END = "<!-- freshness:begin -->", "<!-- freshness:end -->"
 def dvc_status(root: Path = ROOT) -> dict[str, Any]:
     """``dvc status --json`` of the checkout at ``root`` (every stage of dvc.yaml)."""
     done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True,
-                          env=None, timeout=900)
+                          timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"dvc status failed in {root}: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout or "{}")
@@ -105,16 +105,18 @@ def render(stages: Mapping[str, list[str]], total: int) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md: markers {BEGIN} ... {END} missing")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+def _readme_blocks():
+    """reproduce/readme_speed.py's marker-block helpers (one implementation for every README block)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_speed", Path(__file__).with_name("readme_speed.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def current_block(text: str) -> str:
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    return _readme_blocks().current_block(text, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             print("README.md: the freshness block differs from dvc status; run reproduce/freshness.py", file=sys.stderr)
             return 1
         return 0
-    new = replace_block(text, block)
+    new = _readme_blocks().replace_block(text, block, BEGIN, END)
     if new != text:
         readme.write_text(new)
     print(f"README.md freshness: {block.splitlines()[0][:120]}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 
 import pytest
 
@@ -47,7 +46,6 @@ def test_block_lists_stale_stages_or_says_all_are_fresh():
     assert "and 3 more" in many
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_readme_block_matches_dvc_status_of_this_checkout():
     """The README's freshness block is what `dvc status` says now: a change to a stage's code or
     params without re-running it (or a re-run without refreshing the README) fails here."""
