@@ -187,3 +187,19 @@ def load_checkpoint(path: str | os.PathLike, expect_arch: Mapping[str, Any] | No
                 f"{path}: checkpoint is for architecture {found}, expected {dict(expect_arch)}"
             )
     return tensors, meta
+
+
+def load_model_state(model: Any, tensors: Mapping[str, Any], path: str | os.PathLike, what: str = "the model",
+                     prefix: str = "model.") -> Any:
+    """Load the ``prefix``-ed tensors of a :func:`load_checkpoint` result into ``model``, exactly.
+
+    Every checkpoint stores its module's state under ``model.`` (beside optimizer state); a name
+    missing on either side is refused with an error naming the file and the first names, instead of
+    ``strict=True``'s multi-line traceback. Returns ``model``.
+    """
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise AtelierInputError(f"{path}: parameters do not match {what} (missing {list(missing)[:3]}, "
+                                f"unexpected {list(unexpected)[:3]})")
+    return model

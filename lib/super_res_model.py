@@ -30,8 +30,7 @@ from torch import nn
 
 from .generation import MaskedTokenTransformer, TransformerConfig
 from .generation.layers import Block, init_weights
-from .generation.transformer import ConditionCache
-from .io import AtelierInputError, load_checkpoint
+from .io import AtelierInputError, load_checkpoint, load_model_state
 from .params import SUPER_RES_LOW_RES_MODES as LOW_RES_MODES  # the one list; params.yaml is checked against it
 
 __all__ = ["LOW_RES_MODES", "MuseSuperResTransformer", "build_super_res_model", "load_super_res_model"]
@@ -70,25 +69,13 @@ class MuseSuperResTransformer(MaskedTokenTransformer):
             x = block(x)
         return self.low_norm(x)
 
-    def encode_condition(self, cond, batch: int) -> ConditionCache:
-        """As :meth:`MaskedTokenTransformer.encode_condition`, with the low-res tokens in the
-        cross-attention memory instead of the sequence (cached across decoding steps likewise)."""
-        c = self.config
-        self._check_condition(cond, batch)
-        prefix = key_mask = None
-        if c.max_visual_tokens > 0 and cond is not None and cond.visual_tokens is not None:
-            prefix, m = self._visual_prefix(cond, batch)
-            key_mask = torch.cat([m, torch.ones(batch, c.num_positions, dtype=torch.bool, device=m.device)], 1)
-            if bool(key_mask.all()):
-                key_mask = None
-        text, text_mask = self.text(cond, batch)
+    low_res_in_sequence = False  # Fig. 4: the low-res tokens are the memory, not the sequence
+
+    def extra_memory(self, cond, batch: int):
+        """The low-res encoder outputs after the text in every high-res block's cross-attention
+        memory (cached across decoding steps with it; a text-dropped row keeps them)."""
         low = self.encode_low_res(cond, batch)
-        memory = torch.cat([text.expand(batch, -1, -1), low], 1)
-        memory_mask = torch.cat([text_mask.expand(batch, -1),
-                                 torch.ones(batch, low.shape[1], dtype=torch.bool, device=low.device)], 1)
-        memory_kv = [block.cross.keys_values(memory) for block in self.blocks]
-        return ConditionCache(batch=batch, prefix=prefix, key_mask=key_mask, memory_kv=memory_kv,
-                              memory_mask=memory_mask)
+        return low, torch.ones(batch, low.shape[1], dtype=torch.bool, device=low.device)
 
 
 def build_super_res_model(config: TransformerConfig, low_res_mode: str = "cross_attention",
@@ -113,9 +100,5 @@ def load_super_res_model(ckpt_path: str | Path, device: str | torch.device = "cp
     for key in ("name", "objective"):
         arch.pop(key, None)
     model = MuseSuperResTransformer(TransformerConfig.from_dict(arch), depth)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise AtelierInputError(f"{ckpt_path}: parameters do not match the super-res model (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
+    load_model_state(model, tensors, ckpt_path, what="the super-res model")
     return model.to(device).eval()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .io import AtelierInputError, atomic_write_json, load_checkpoint, save_checkpoint
+from .io import AtelierInputError, atomic_write_json, load_checkpoint, load_model_state, save_checkpoint
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -103,11 +103,7 @@ class ResumableTrainer:
             raise AtelierInputError(
                 f"{self.ckpt_path}: checkpoint of a {meta.get('total_steps')}-step run, this run has "
                 f"{self.total_steps} steps; delete it to train from scratch (or restore the step count to resume)")
-        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        missing, unexpected = self.model.load_state_dict(model_sd, strict=False)
-        if missing or unexpected:
-            raise AtelierInputError(f"{self.ckpt_path}: parameters do not match the model "
-                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        load_model_state(self.model, tensors, self.ckpt_path)
         try:
             _load_optimizer(self.optimizer, tensors, meta["optimizer"])
         except (KeyError, TypeError, ValueError) as err:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
+import os
 import math
 from pathlib import Path
 
@@ -497,3 +499,12 @@ def test_caption_scores_without_java(monkeypatch):
     monkeypatch.setattr(captions_mod.shutil, "which", lambda _name: None)
     with pytest.raises(captions_mod.JavaNotFoundError, match="Java"):
         caption_scores(REFS, {k: [v[0]] for k, v in REFS.items()})
+
+
+def test_inception_conversion_is_byte_identical_across_folders(weights, tmp_path):
+    """The converted weights and their sidecar are a DVC output: a re-run (another folder, another
+    temporary name) must give the same bytes, or every stage downstream looks changed on a clone."""
+    again = inception.inception_weights_path(cache_dir=tmp_path, verify=False)
+    assert again.read_bytes() == weights.read_bytes()
+    sidecar = json.loads(weights.with_suffix(".json").read_text())
+    assert not os.path.isabs(sidecar["source"]), sidecar["source"]

@@ -276,7 +276,7 @@ def _callee(call: ast.Call) -> str:
 def _non_atomic_writes(path: Path) -> list[str]:
     """File writes outside a ``with atomic_path(...)`` (or scratch-directory) block. A heuristic:
     calls without any argument (``trainer.save()``, ``df.to_csv(index=False)`` returning text) and
-    writes into in-memory buffers (first argument named ``buf``/``BytesIO``) are not file writes."""
+    writes into in-memory buffers (target argument named ``buf``/``BytesIO``) are not file writes."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     rel = path.relative_to(repo_root())
     found: list[str] = []
@@ -287,8 +287,10 @@ def _non_atomic_writes(path: Path) -> list[str]:
                                for item in node.items)
         if isinstance(node, ast.Call) and not safe:
             name = _callee(node)
-            first = ast.unparse(node.args[0]).lower() if node.args else ""
-            in_memory = "buf" in first or "bytesio" in first
+            # the target is the first argument of most writers, the second of torch.save(obj, f)
+            targets = [ast.unparse(a).lower() for a in node.args[:2]] + [ast.unparse(k.value).lower() for k in node.keywords
+                                                                          if k.arg == "f"]
+            in_memory = any("buf" in t or "bytesio" in t for t in targets)
             if name in WRITE_CALLS and node.args and not in_memory:
                 found.append(f"{rel}:{node.lineno}: {ast.unparse(node)[:100]}")
             if name == "open" and len(node.args) > 1 and any(m in ast.unparse(node.args[1]) for m in "wax"):

