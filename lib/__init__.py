@@ -2,10 +2,10 @@
 
 A thin library that the notebooks in ``notebooks/`` drive. One idea per module:
 
-- :mod:`lib.paths`      -- repository root and output locations (``ATELIER_OUT``)
+- :mod:`lib.store`      -- repository root and output locations (``ATELIER_OUT``)
 - :mod:`lib.io`         -- atomic writes, safetensors checkpoints, strict JSON reading
 - :mod:`lib.provenance` -- what every metrics JSON records about how it was computed
-- :mod:`lib.params`     -- ``params.yaml`` profiles and their validation
+- :mod:`lib.config`     -- ``params.yaml`` profiles and their validation
 - :mod:`lib.data`       -- Fashion-MNIST, the derived caption dataset, Fashion-IQ/FashionGen loaders
 """
 

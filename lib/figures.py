@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
-from .io import atomic_path
-from .paths import artifacts_dir
-
-
-def to_uint8_hwc(images) -> np.ndarray:
-    """``[N,3,H,W]`` float in [-1,1] (torch or numpy) or ``[N,H,W,3]`` uint8 -> ``[N,H,W,3]`` uint8."""
-    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-    if arr.dtype == np.uint8:
-        return arr
-    arr = np.transpose(arr, (0, 2, 3, 1))
-    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from lib.images import to_uint8_hwc
+from lib.io import atomic_path
+from lib.store import artifacts_dir
 
 
 def image_grid(images, ncol: int = 8, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -45,8 +38,6 @@ def labelled_image_rows(rows, title: str | None = None, scale: float = 0.55):
     ``images`` as accepted by :func:`to_uint8_hwc`; every row should hold the same number of images
     (e.g. originals, then each tokenizer's reconstructions of them). Returns the figure.
     """
-    import matplotlib.pyplot as plt
-
     rows = [(label, to_uint8_hwc(images)) for label, images in rows]
     ncol = max(len(images) for _, images in rows)
     fig, axes = plt.subplots(len(rows), 1, figsize=(scale * ncol + 1.6, scale * len(rows) + (0.4 if title else 0.1)),

@@ -100,12 +100,13 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Any], meta: M
     ``meta`` must contain ``"arch"``: a JSON-able description of the architecture (name and
     hyper-parameters) that :func:`load_checkpoint` compares against what the caller expects.
     """
+    # lib.io stays torch-free for lib.config (issue 16): torch only where tensors are written
     from safetensors.torch import save_file
 
     if "arch" not in meta:
-        raise ValueError("checkpoint meta must contain 'arch'")
+        raise AtelierInputError("checkpoint meta must contain 'arch'")
     if CHECKSUM_KEY in meta:
-        raise ValueError(f"checkpoint meta key {CHECKSUM_KEY!r} is reserved")
+        raise AtelierInputError(f"checkpoint meta key {CHECKSUM_KEY!r} is reserved")
     header = {key: json.dumps(value, sort_keys=True, default=_jsonable) for key, value in meta.items()}
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     header[CHECKSUM_KEY] = json.dumps(_tensors_digest(contiguous))  # every header value is JSON
@@ -121,6 +122,7 @@ CHECKSUM_KEY = "tensors_sha256"
 
 def _tensors_digest(tensors: Mapping[str, Any]) -> str:
     """sha256 over the tensors in name order, so a flipped payload bit is caught on load."""
+    # lib.io / lib.provenance stay torch-free for lib.config (issue 16)
     import torch
 
     digest = hashlib.sha256()
@@ -153,6 +155,7 @@ def load_checkpoint(path: str | os.PathLike, expect_arch: Mapping[str, Any] | No
     Raises :class:`AtelierInputError` naming the file when it is missing, truncated/corrupt, or was
     written for another architecture than ``expect_arch``.
     """
+    # torch-free lib.io, as above
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -187,6 +190,26 @@ def load_checkpoint(path: str | os.PathLike, expect_arch: Mapping[str, Any] | No
                 f"{path}: checkpoint is for architecture {found}, expected {dict(expect_arch)}"
             )
     return tensors, meta
+
+
+def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a :func:`save_checkpoint` file (``arch``, ``step``, ...), read from its
+    header alone (the tensors are neither read nor verified: :func:`load_checkpoint` does that)."""
+    # torch-free lib.io, as above
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise AtelierInputError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            raw = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise AtelierInputError(f"{path}: truncated or corrupt checkpoint ({err})") from None
+    try:
+        return {k: json.loads(v) for k, v in raw.items() if k != CHECKSUM_KEY}
+    except (ValueError, RecursionError):
+        raise AtelierInputError(f"{path}: checkpoint metadata is not JSON") from None
 
 
 def load_model_state(model: Any, tensors: Mapping[str, Any], path: str | os.PathLike, what: str = "the model",

@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import resource
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-from .io import atomic_write_json
-from .paths import repo_root
+from lib.io import atomic_write_json
+from lib.store import repo_root
 
 
 def git_revision() -> str:
@@ -41,6 +42,7 @@ def package_version(name: str) -> str:
 
 
 def device_info() -> dict[str, Any]:
+    # lib.io / lib.provenance stay torch-free for lib.config (issue 16)
     import torch
 
     info = {
@@ -72,8 +74,6 @@ def run_info(profile: str, seed: int, **extra: Any) -> dict[str, Any]:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux ``ru_maxrss`` is KiB)."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -12,13 +12,15 @@ uninterrupted run (issue 8), which needs every source of randomness tied to the 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .io import AtelierInputError, atomic_write_json, load_checkpoint, load_model_state, save_checkpoint
+from lib.io import AtelierInputError, atomic_write_json, load_checkpoint, load_model_state, save_checkpoint
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -113,8 +115,6 @@ class ResumableTrainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, step_fn: Callable[[int], Mapping[str, float]], progress: bool = True) -> list[dict[str, float]]:
-        from tqdm.auto import tqdm
-
         self.try_resume()
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.desc, disable=not progress, mininterval=2)
@@ -149,3 +149,26 @@ def load_model_weights(model: torch.nn.Module, ckpt_path: str | Path, arch: Mapp
 def arch_of(model_name: str, **hparams: Any) -> dict:
     """A JSON-stable architecture description for checkpoints."""
     return json.loads(json.dumps({"name": model_name, **hparams}, sort_keys=True))
+
+
+def lr_factor(step: int, steps: int, warmup_steps: int, schedule: str = "cosine") -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up over ``warmup_steps``, then
+    ``schedule`` (``cosine``, ``linear`` or ``constant``) from 1 to 0 over the remaining steps.
+
+    The one schedule of every trainer here: MaskGIT / Muse (warm-up then cosine decay) and BLIP-2's
+    phases (linear warm-up, cosine decay), which UniFashion trains with.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 1.0
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (the scheduled value of this step)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

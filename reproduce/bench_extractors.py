@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from lib.io import atomic_write_json  # noqa: E402
-from lib.paths import results_dir  # noqa: E402
+from lib.store import results_dir  # noqa: E402
 from lib.provenance import run_info  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     width = 16
     if args.profile:
-        from lib import params as lib_params
+        import lib.config as lib_params
 
         width = lib_params.load(args.profile)["judges"]["width"]
         args.smoke = args.smoke or args.profile == "smoke"

@@ -10,10 +10,10 @@ ONE run (so every ratio compares numbers taken on the same machine under the sam
 * the autoregressive baseline two ways: recomputing the whole prefix at every step, as Taming's
   sampler (and hence the papers' baselines) did, and with a KV cache
   (``lib.generation.ARTransformer`` ``use_cache=False`` / ``True``, driven by
-  ``lib.synthesis.sample_ar``);
+  ``lib.pipelines.sampling.sample_ar``);
 * MaskGIT at 8 / 12 / 16 / 24 steps, SMART at T = 10 (11 model calls), Muse classifier-free
   guidance with two forward passes per step or one batched pass of 2B rows
-  (``lib.synthesis.sample_masked`` / ``lib.sampling.ClassifierFreeGuidance``);
+  (``lib.pipelines.sampling.sample_masked`` / ``lib.sampling.ClassifierFreeGuidance``);
 * the Muse super-resolution stage (Sec. 2.4): a 16x16 masked transformer conditioned on 8x8
   low-resolution tokens, 8 MaskGIT steps -- random weights, timing only (no low-res model is
   trained in this repository);
@@ -60,7 +60,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from lib.io import AtelierInputError, atomic_write_json  # noqa: E402
-from lib.paths import results_dir  # noqa: E402
+from lib.store import results_dir  # noqa: E402
 from lib.provenance import device_info, run_info  # noqa: E402
 
 WEIGHTS_NOTE = ("random initialisation (torch.manual_seed(seed)), no trained checkpoint is read: decoding time does "
@@ -179,7 +179,7 @@ def transformer_forward_flops(cfg, batch: int, text_len: int = TEXT_LEN, low_res
     score and value products of self-attention and of cross-attention. Embedding lookups, norms
     and softmax are not counted. A super-res model (``cfg.low_res``) has the low-res tokens either
     in the sequence (``low_res_depth=0``: the joint form, S = N + Nl) or, Muse Fig. 4
-    (:class:`lib.super_res_model.MuseSuperResTransformer`, ``low_res_depth`` encoder blocks), in a
+    (:class:`lib.generation.super_res.MuseSuperResTransformer`, ``low_res_depth`` encoder blocks), in a
     separate self-attention encoder whose Nl outputs join the text as cross-attention memory
     (S = N, memory = text_len + Nl). ``condition_attention`` is the part computed once per condition
     (the low-res encoder's attention), which decoding caches across steps.
@@ -257,7 +257,7 @@ def build_models(grid: int, size: dict[str, Any], codebook_size: int, text_mode:
     up) the super-resolution stage conditioned on ``grid/2 x grid/2`` low-res tokens, in the form
     ``super_res_form = (super_res.low_res_mode, super_res.low_res_depth)``."""
     from lib.generation import ARTransformer, MaskedTokenTransformer, TransformerConfig
-    from lib.super_res_model import build_super_res_model
+    from lib.generation.super_res import build_super_res_model
 
     cfg = TransformerConfig(grid_h=grid, grid_w=grid, channels=1, codebook_size=codebook_size, text_mode=text_mode,
                             max_text_len=TEXT_LEN, **size)
@@ -283,7 +283,7 @@ def sampler_methods(models: dict[str, torch.nn.Module], batch: int, settings: di
                     device: torch.device) -> dict[str, dict[str, Any]]:
     """name -> {label, model (whose calls are counted), fn (one decoding of ``batch`` grids)}."""
     from lib.sampling import ClassifierFreeGuidance, LinearGuidanceSchedule, sample
-    from lib.synthesis import make_scheduler, sample_ar, sample_masked
+    from lib.pipelines.sampling import make_scheduler, sample_ar, sample_masked
 
     masked, ar = models["masked"], models["ar"]
     cfg = masked.config
@@ -489,7 +489,7 @@ def bench_tokenizers(params, grids, batches, device, dtype, timing, log) -> dict
     initialised tokenizers with the params.yaml architecture: 'vq' (the Muse model's tokens) and
     'muse_vq' (its 2x wider, 2x deeper fine-tuned decoder, Muse Sec. 2.5; decode only)."""
     from lib.models.tokenizer import Tokenizer
-    from lib.tokenizers import tokenizer_config
+    from lib.pipelines.tokenizers import tokenizer_config
 
     S = params["tokenizers"]
     out: dict[str, Any] = {"weights": "random initialisation (timing only)"}
@@ -658,7 +658,7 @@ def run(profile: str, out: Path | None = None, *, device: str | None = None, dty
         warmup: int | None = None, repeats: int | None = None, retrieval_threads: int = 2,
         progress: bool = True) -> Path:
     """Run the benchmark of ``profile`` (overrides as the CLI) and write the JSON; returns its path."""
-    from lib import params as lib_params
+    import lib.config as lib_params
 
     if profile not in PROFILES:
         raise AtelierInputError(f"--profile must be one of {sorted(PROFILES)}, got {profile!r}")
@@ -703,7 +703,7 @@ def run(profile: str, out: Path | None = None, *, device: str | None = None, dty
                   "codebook_size": None, "channels": 1},
         "sampling": settings,
     }
-    from lib.tokenizers import tokenizer_config
+    from lib.pipelines.tokenizers import tokenizer_config
 
     codebook_size = int(tokenizer_config(params["tokenizers"], entry["tokenizer"])["quantizer_kwargs"]["codebook_size"])
     result["model"]["codebook_size"] = codebook_size

@@ -45,10 +45,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from lib import params as lib_params  # noqa: E402
+import lib.config as lib_params  # noqa: E402
+import lib.pipelines.tokenizers as tokenizer_pipe  # noqa: E402
+import lib.pipelines.generators as generator_pipe  # noqa: E402
 from lib.io import atomic_write_json  # noqa: E402
-from lib.paths import out_root  # noqa: E402
 from lib.provenance import run_info  # noqa: E402
+from lib.store import out_root  # noqa: E402
 
 PROFILE_SETTINGS = {
     "smoke": {"warmup": 1, "repeats": 2, "matmul": 256, "batches_tok": [4, 8], "batches_tf": [4, 8], "pretrained": False},
@@ -136,12 +138,11 @@ def tokenizer_step(P, name: str, batch: int, device, *, perceptual_layers=None, 
                    pretrained=True, with_gan=True, autocast_bf16=False):
     """A closure running one training step of tokenizer ``name`` with the objective of
     :func:`lib.models.tokenizer.train_tokenizer`, timed by phase; and a flop-count closure."""
-    from lib import tokenizers as T
-    from lib.models.losses import PerceptualLoss, PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
+    from lib.models.losses import PatchDiscriminator, PerceptualLoss, adaptive_weight, hinge_d_loss, hinge_g_loss
     from lib.models.tokenizer import Tokenizer
 
     S = P["tokenizers"]
-    tok = Tokenizer(T.tokenizer_config(S, name)).to(device).train()
+    tok = Tokenizer(tokenizer_pipe.tokenizer_config(S, name)).to(device).train()
     disc = PatchDiscriminator(in_ch=3, ndf=S["disc_ndf"], n_layers=2).to(device)
     layers = tuple(perceptual_layers) if perceptual_layers else (1, 2, 4, 6)
     perc = PerceptualLoss(layers=layers, pretrained=pretrained).to(device)
@@ -216,8 +217,7 @@ def transformer_step(P, name: str, batch: int, device, autocast_bf16: bool = Fal
     :func:`lib.generation.train.train_masked` / ``train_autoregressive`` (masking, condition)."""
     from types import SimpleNamespace
 
-    from lib import generators as GEN
-    from lib import tokenizers as T
+    import lib.pipelines.tokenizers as tokenizer_pipe
     from lib.generation import TextFeatureTable
     from lib.generation.masking import COMBINATION_PROBS_PROSE, m6_mask, random_mask, sample_combinations, visual_crops
     from lib.generation.transformer import masked_token_loss
@@ -226,9 +226,9 @@ def transformer_step(P, name: str, batch: int, device, autocast_bf16: bool = Fal
     G = P["generation"]
     entry = G["models"][name]
     with torch.device("meta"):
-        shape_tok = Tokenizer(T.tokenizer_config(P["tokenizers"], entry["tokenizer"]))
+        shape_tok = Tokenizer(tokenizer_pipe.tokenizer_config(P["tokenizers"], entry["tokenizer"]))
     spec = SimpleNamespace(token_shape=shape_tok.token_shape, vocab_size=shape_tok.vocab_size)
-    model = GEN.build_model(P, name, spec).to(device).train()
+    model = generator_pipe.build_model(P, name, spec).to(device).train()
     cfg = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=G["lr"], betas=(0.9, 0.96), weight_decay=0.045)
     n_pool, text_len = 2048, 16
@@ -289,7 +289,7 @@ def qformer_step(P, batch: int, device):
     from lib.retrieval.losses import image_text_contrastive, itm_loss
     from lib.retrieval.qformer import QFormer
 
-    R = P["retrieval"]
+    R = P["unifashion"]
     side = int(R["image_size"]) // 16  # stage-4 stride of EfficientNet-Lite0
     image_dim, tokens, text_len = 112, side * side, 16
     model = QFormer(image_dim=image_dim, num_image_tokens=tokens, **R["qformer"]).to(device).train()
@@ -392,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in TRANSFORMERS:
         step, flops_of, params = transformer_step(P, name, gb, device)
         out["models"][name] = record("transformer", name, gb, step, flops_of, params, width=int(P["generation"]["dim"]))
-    rb = int(P["retrieval"]["batch_size"])
+    rb = int(P["unifashion"]["batch_size"])
     out["models"]["qformer"] = record("qformer", "qformer", rb, *qformer_step(P, rb, device),
-                                      width=int(P["retrieval"]["qformer"]["dim"]))
+                                      width=int(P["unifashion"]["qformer"]["dim"]))
 
     # side-by-side variants, each round-robin with its baseline so load hits each alike
     groups = {

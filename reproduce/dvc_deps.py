@@ -9,6 +9,7 @@ or a folder above it. Stage deps with ``${...}`` placeholders never name code, s
     .venv/bin/python reproduce/dvc_deps.py          # list every stage's uncovered files; exit 1 if any
     .venv/bin/python reproduce/dvc_deps.py --module-level   # only imports that run at import time
     .venv/bin/python reproduce/dvc_deps.py --cycles         # the import cycles inside lib/
+    .venv/bin/python reproduce/dvc_deps.py --write          # rewrite dvc.yaml's code deps from the closures
 
 While ``lib/`` has import cycles held together by function-local imports (issue 16), the full
 closure of almost every stage is all of ``lib/``; ``--module-level`` is the lower bound.
@@ -17,6 +18,7 @@ closure of almost every stage is all of ``lib/``; ``--module-level`` is the lowe
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 import sys
@@ -29,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_CMD = re.compile(r"python -m (lib(?:\.\w+)*)")
 SCRIPT_CMD = re.compile(r"python (reproduce/[\w/]+\.py)")
 NOTEBOOK = re.compile(r"(notebooks/[\w./-]+\.ipynb)")
+STAGES_CMD = re.compile(r"python -m lib\.stages (\w+)")
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
@@ -174,7 +177,18 @@ def stage_entries(cmd: str, root: Path = ROOT) -> list[Path]:
         out += _package_inits(m.group(1), root)
     out += [Path(m.group(1)) for m in SCRIPT_CMD.finditer(cmd)]
     out += [Path(m.group(1)) for m in NOTEBOOK.finditer(cmd)]
+    # ``python -m lib.stages <stage>`` imports only that stage's module (or runs its notebook): the
+    # table in lib/stages/__init__.py says which, read without importing any stage module
+    for m in STAGES_CMD.finditer(cmd):
+        out += [Path(p) for p in _stage_table(root).stage_entries(m.group(1))]
     return out
+
+
+def _stage_table(root: Path):
+    spec = importlib.util.spec_from_file_location("_stage_table", root / "lib" / "stages" / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def covered(path: Path, deps: Iterable[str]) -> bool:
@@ -204,6 +218,89 @@ def uncovered(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT, local: bool
     return result
 
 
+def collapse(files: Iterable[Path], root: Path = ROOT) -> list[str]:
+    """``files`` (under lib/) as dvc.yaml deps: a folder stands for its files when the closure holds
+    at least half of them (every one, for the stage-specific folders stages/, pipelines/,
+    evaluation/), so a deps list stays short and still covers everything the stage runs."""
+    chosen = {Path(f).as_posix() for f in files}
+    below_of = {}
+    for p in sorted((root / "lib").rglob("*.py")):
+        rel = p.relative_to(root).as_posix()
+        for parent in Path(rel).parents:
+            if parent.as_posix().startswith("lib/"):
+                below_of.setdefault(parent.as_posix(), set()).add(rel)
+    out = set(chosen)
+    for folder in sorted(below_of, key=lambda d: -d.count("/")):
+        below = below_of[folder]
+        share = 1.0 if folder.startswith(("lib/stages", "lib/pipelines", "lib/evaluation")) else 0.5
+        if len(below & chosen) >= share * len(below) and below & chosen:
+            out = {f for f in out if not f.startswith(folder + "/")} | {folder}
+            chosen |= below
+    return sorted(out)
+
+
+def is_code(dep: str) -> bool:
+    return dep == "lib" or dep.startswith(("lib/", "notebooks/")) or (dep.startswith("reproduce/") and dep.endswith(".py"))
+
+
+def derived_deps(stage: dict, root: Path = ROOT) -> list[str]:
+    """A stage's deps with its code part derived: the notebooks and scripts it runs, its import
+    closure inside lib/ (:func:`collapse`), then its data deps as written."""
+    entries = stage_entries(stage["cmd"], root)
+    closure = import_closure(entries, root)
+    code = collapse([p for p in closure if p.as_posix().startswith("lib/")], root)
+    named = sorted({p.as_posix() for p in entries if not p.as_posix().startswith("lib/")}
+                   | {d for d in stage["deps"] if is_code(d) and not d.startswith("lib")})
+    return named + code + [d for d in stage["deps"] if not is_code(d)]
+
+
+def _flow(key: str, items: list[str], indent: int, width: int = 112) -> list[str]:
+    """``key: [a, b, ...]`` wrapped at ``width``, items quoted where YAML's flow style needs it."""
+    pre = " " * indent + f"{key}: ["
+    lines, cur = [], pre
+    for i, item in enumerate(items):
+        item = f'"{item}"' if any(ch in item for ch in "{}[],:") else item
+        tok = item + (", " if i < len(items) - 1 else "]")
+        if len(cur) + len(tok.rstrip()) > width and cur != pre:
+            lines.append(cur.rstrip())
+            cur = " " * len(pre) + tok
+        else:
+            cur += tok
+    lines.append(cur.rstrip())
+    return [line + "\n" for line in lines]
+
+
+def write_deps(dvc_yaml: Path = ROOT / "dvc.yaml", root: Path = ROOT) -> list[str]:
+    """Rewrite every stage's ``deps:`` (a flow list) with :func:`derived_deps`; the rest of the file,
+    comments included, stays as it is. Returns the stages whose deps changed."""
+    parsed = stages(dvc_yaml)
+    raw = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    full = {name: st.get("do", st).get("deps", []) for name, st in raw.items()}  # ${...} data deps included
+    lines = dvc_yaml.read_text().splitlines(keepends=True)
+    out, changed, stage, i = [], [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        head = re.match(r"^  ([\w-]+):\s*$", line)
+        if head:
+            stage = head.group(1)
+        m = re.match(r"^(\s+)deps:", line)
+        if m and stage in parsed:
+            indent = len(m.group(1))
+            j = i + 1
+            while j < len(lines) and lines[j].strip() and len(lines[j]) - len(lines[j].lstrip()) > indent:
+                j += 1
+            new = _flow("deps", derived_deps({**parsed[stage], "deps": full[stage]}, root), indent)
+            if new != lines[i:j]:
+                changed.append(stage)
+            out += new
+            i = j
+            continue
+        out.append(line)
+        i += 1
+    dvc_yaml.write_text("".join(out))
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -211,7 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--module-level", action="store_true",
                     help="follow only module-level imports (a lower bound while function-local imports remain)")
     ap.add_argument("--cycles", action="store_true", help="list the import cycles inside lib/ instead")
+    ap.add_argument("--write", action="store_true",
+                    help="rewrite dvc.yaml's deps: each stage's code deps derived from its import closure")
     args = ap.parse_args(argv)
+    if args.write:
+        changed = write_deps()
+        print(f"dvc.yaml: deps of {len(changed)} stage(s) rewritten" + (f": {', '.join(changed)}" if changed else ""))
+        return 0
     if args.cycles:
         cycles = import_cycles(module_graph(local=not args.module_level))
         for comp in cycles:

@@ -18,6 +18,7 @@ Benchmark stages (``bench_*``) are left out: the tests run the benchmarks themse
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -27,7 +28,28 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = re.compile(r"notebooks/[\w.-]+\.ipynb")
 #: a foreach stage command whose module has a ``skip`` subcommand for names the profile does not train
-SKIPPABLE = re.compile(r"python -m (lib\.tokenizers|lib\.generators|lib\.tokens) (?:stage|train|build) .*--(config|name) (\S+)")
+SKIPPABLE = re.compile(r"python -m lib\.stages (tokenizer|tokenizer_finetune|generator|tokens) .*--name (\S+)")
+#: the module (and its ``skip`` flag) that writes a skipped entry of those stages
+SKIP_MODULES = {"tokenizer": ("lib.stages.tokenizer", "config"), "tokenizer_finetune": ("lib.stages.tokenizer", "config"),
+                "generator": ("lib.stages.generator", "name"),
+                "tokens": ("lib.stages.tokens", "name")}
+
+
+def _stage_table(root: Path):
+    """lib/stages/__init__.py's tables (plain data), read without importing any stage module."""
+    spec = importlib.util.spec_from_file_location("_stage_table", root / "lib" / "stages" / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _notebooks_of(cmd: str, root: Path) -> list[str]:
+    """The notebooks a stage command runs: named in it, or through ``python -m lib.stages <stage>``."""
+    found = NOTEBOOK.findall(cmd)
+    m = re.search(r"python -m lib\.stages (\w+)", cmd)
+    if m:
+        found += [e for e in _stage_table(root).stage_entries(m.group(1)) if e.endswith(".ipynb")]
+    return found
 
 
 def ordered_notebooks(root: Path = ROOT) -> list[str]:
@@ -36,7 +58,7 @@ def ordered_notebooks(root: Path = ROOT) -> list[str]:
     for stage in stages.values():
         cmd = stage.get("do", stage).get("cmd", "")
         cmd = " ".join(cmd) if isinstance(cmd, list) else cmd
-        for nb in NOTEBOOK.findall(cmd):
+        for nb in _notebooks_of(cmd, root):
             if nb not in order:
                 order.append(nb)
     rest = sorted(str(p.relative_to(root)) for p in (root / "notebooks").glob("*.ipynb"))
@@ -77,24 +99,24 @@ def pipeline_steps(profile: str, root: Path = ROOT) -> list[tuple[str, str]]:
             skipped: dict[tuple[str, str], list[str]] = {}
             for key, item in items.items():
                 cmd = _substitute(stage["do"]["cmd"], {**env, "key": key, "item": item})
-                nbs = NOTEBOOK.findall(cmd)
+                nbs = _notebooks_of(cmd, root)
                 trained = int(counts.get(key, 0)) > 0
                 group = SKIPPABLE.search(cmd)
-                if nbs and nbs[0] not in seen_notebooks and "--config" in cmd and trained:
+                if nbs and nbs[0] not in seen_notebooks and trained:
                     seen_notebooks.add(nbs[0])
                     steps.append(("nbval", f"{nbs[0]} config={key}"))
-                elif not trained and group and group.group(3) == key:
+                elif not trained and group and group.group(2) == key:
                     # every entry this profile skips, in one process (`skip` writes what `stage` /
                     # `train` writes for a skipped name; a process costs seconds of imports)
-                    skipped.setdefault((group.group(1), group.group(2)), []).append(key)
+                    skipped.setdefault(SKIP_MODULES[group.group(1)], []).append(key)
                 else:
                     steps.append(("cmd", " ".join(cmd.split())))
             for (module, flag), keys in skipped.items():
                 steps.append(("cmd", f"python -m {module} skip --profile {profile} --{flag} {' '.join(keys)}"))
             continue
         cmd = " ".join(_substitute(stage["cmd"], env).split())
-        nbs = NOTEBOOK.findall(cmd)
-        if nbs and "papermill" in cmd:
+        nbs = _notebooks_of(cmd, root)
+        if nbs and ("papermill" in cmd or "python -m lib.stages" in cmd):
             steps.append(("nbval", nbs[0]))
             seen_notebooks.add(nbs[0])
         else:

@@ -61,13 +61,13 @@ def _training(stage: str, root: Path) -> list[tuple[str, float, int]] | None:
         phase = UNIFASHION_PHASES[kind]
         d = doc(f"results/06_unifashion/{phase}/metrics.json")
         if d:
-            return [(f"retrieval.steps.{phase}", float(d["metrics"]["seconds"]), int(d["metrics"]["steps"]))]
+            return [(f"unifashion.steps.{phase}", float(d["metrics"]["seconds"]), int(d["metrics"]["steps"]))]
     elif kind == "unifashion_phase2":
         d = doc("results/06_unifashion/phase2/metrics.json")
         if d:
             m = d["metrics"]
-            return [("retrieval.steps.phase2", float(m["full"]["seconds"]), int(m["full"]["steps"])),
-                    ("retrieval.steps.phase2_base", float(m["base"]["seconds"]), int(m["base"]["steps"]))]
+            return [("unifashion.steps.phase2", float(m["full"]["seconds"]), int(m["full"]["steps"])),
+                    ("unifashion.steps.phase2_base", float(m["base"]["seconds"]), int(m["base"]["steps"]))]
     return None
 
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = predict(costs, lambda key, n: round(n * args.scale))
         what = f"every training loop x{args.scale:g}"
     else:
-        from lib import params as lib_params
+        import lib.config as lib_params
 
         P = lib_params.load(args.candidate)
         plan = predict(costs, lambda key, n: _profile_steps(P, key))

@@ -165,7 +165,7 @@ def render_claims(doc: dict[str, Any], sha256: str) -> str:
             f"ways), {seeds} an interval over training seeds, and {none} no interval (one training seed per side, "
             f"or no stored replicates). "
             f"Verdicts are computed "
-            f"by `lib/claims.py` from the ledger `reproduce/claims.yaml`; `notebooks/09_claims.ipynb` shows each "
+            f"by `lib/evaluation/claims.py` from the ledger `reproduce/claims.yaml`; `notebooks/09_claims.ipynb` shows each "
             f"claim with both sides, the interval and the paper's numbers.")
 
 

@@ -1,7 +1,7 @@
 """Train a named stage-two generator on one or several devices: DistributedDataParallel under torchrun.
 
 The same model, tokens, text features, objective, optimizer, schedule and checkpoint as the DVC
-stage ``python -m lib.generators train --profile P --name NAME`` (:func:`lib.generators.run_train`
+stage ``python -m lib.stages.generator train --profile P --name NAME`` (:func:`lib.stages.generator.run_train`
 with :func:`lib.generation.train_masked` / :func:`~lib.generation.train_autoregressive`), spread
 over ``WORLD_SIZE`` processes:
 
@@ -45,6 +45,11 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import lib.config.generation as generation_cfg  # noqa: E402
+import lib.pipelines.generators as generator_pipe  # noqa: E402
+import lib.store.generators as generator_store  # noqa: E402
+import lib.store.tokenizers as tokenizer_store  # noqa: E402
+from lib import store  # noqa: E402
 from lib.io import AtelierInputError  # noqa: E402
 
 
@@ -99,19 +104,18 @@ def synthetic_data(token_shape: tuple[int, int, int], vocab_size: int, *, n: int
 
 
 def _token_spec(params: dict[str, Any], name: str):
-    """What :func:`lib.generators.build_model` reads of a tokenizer (token grid, vocabulary), from
+    """What :func:`lib.stages.generator.build_model` reads of a tokenizer (token grid, vocabulary), from
     the config alone: an untrained tokenizer of the named architecture."""
     from lib.models.tokenizer import Tokenizer
-    from lib.tokenizers import tokenizer_config
+    from lib.pipelines.tokenizers import tokenizer_config
 
     tok = Tokenizer(tokenizer_config(params["tokenizers"], name))
     return SimpleNamespace(token_shape=tok.token_shape, vocab_size=tok.vocab_size)
 
 
 def load_data(params: dict[str, Any], name: str, rank: int, world: int, synthetic: bool, progress: bool):
-    """``(tokens, text_kw, tok_or_spec, extra)`` as :func:`lib.generators.run_train` prepares them;
+    """``(tokens, text_kw, tok_or_spec, extra)`` as :func:`lib.stages.generator.run_train` prepares them;
     ``extra`` holds the held-out tokens and condition (real data only)."""
-    from lib import generators as GEN
 
     entry = params["generation"]["models"][name]
     if synthetic:
@@ -123,13 +127,11 @@ def load_data(params: dict[str, Any], name: str, rank: int, world: int, syntheti
     import numpy as np
 
     from lib.data.caption_dataset import load_split
-
-    from lib import tokenizers as T
-    from lib import tokens as TOK
+    from lib.stages import tokens as TOK
 
     # The tokens@<tokenizer> stage tokenized every split once; no tokenizer runs here.
-    tok = TOK.load(entry["tokenizer"], tokenizer_checkpoint=T.checkpoint_path(entry["tokenizer"]))
-    root = GEN.caption_root()
+    tok = TOK.load(entry["tokenizer"], tokenizer_checkpoint=tokenizer_store.checkpoint_path(entry["tokenizer"]))
+    root = store.caption_root()
     train, test = load_split(root, "train"), load_split(root, "test")
     tokens = tok["train"]
     test_n = min(int(params["generation"]["eval_n"]), len(test["images"]))
@@ -138,11 +140,11 @@ def load_data(params: dict[str, Any], name: str, rank: int, world: int, syntheti
     if world > 1 and rank != 0:
         dist.barrier()
     if entry["objective"] == "class":
-        table = GEN.class_table()
+        table = generator_pipe.class_table()
         text_kw = dict(class_ids=torch.from_numpy(np.asarray(train["category"], dtype=np.int64)), text_table=table)
         test_cond = table.condition(torch.from_numpy(np.asarray(test["category"][:test_n], dtype=np.int64)))
     else:
-        table, ids = GEN.text_table(progress=progress and rank == 0)
+        table, ids = generator_pipe.text_table(progress=progress and rank == 0)
         text_kw = dict(caption_ids=ids["train"], text_table=table)
         test_cond = table.condition(ids["test"][:test_n, 0])
     if world > 1 and rank == 0:
@@ -161,13 +163,20 @@ def train(model, tokens, ckpt_path: Path, *, kind: str, objective: str, steps: i
     muse/class -> "muse" masking, m6 -> "m6") and :func:`~lib.generation.train_autoregressive`."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from lib.generation.masking import (COMBINATION_PROBS_PROSE, STRATEGY_PROBS, m6_mask, random_mask,
-                                        sample_combinations, visual_crops)
-    from lib.generation.train import _optimizer, _Setup, lr_factor
+    from lib.generation.masking import (
+        COMBINATION_PROBS_PROSE,
+        STRATEGY_PROBS,
+        m6_mask,
+        random_mask,
+        sample_combinations,
+        visual_crops,
+    )
+    from lib.generation.train import TrainingSetup, make_optimizer
+    from lib.training import lr_factor, set_lr
     from lib.training import ResumableTrainer
 
     model = model.to(device)
-    setup = _Setup(model, tokens, steps=steps, batch_size=batch_size, seed=seed, caption_ids=caption_ids,
+    setup = TrainingSetup(model, tokens, steps=steps, batch_size=batch_size, seed=seed, caption_ids=caption_ids,
                    text_table=text_table, class_ids=class_ids, cond_drop=cond_drop)
     cfg = setup.cfg
     mode = "autoregressive" if kind == "autoregressive" else ("m6" if objective == "m6" else "muse")
@@ -176,7 +185,7 @@ def train(model, tokens, ckpt_path: Path, *, kind: str, objective: str, steps: i
     if compile_model:
         forward = torch.compile(forward)
     use_amp = device.type == "cuda" if amp is None else bool(amp)
-    opt = _optimizer(model, lr, weight_decay)
+    opt = make_optimizer(model, lr, weight_decay)
 
     def global_batch(step: int):
         """The whole batch of ``step`` with every random draw in ``train_masked``'s order."""
@@ -202,9 +211,8 @@ def train(model, tokens, ckpt_path: Path, *, kind: str, objective: str, steps: i
         return targets, mask, cond
 
     def step_fn(step: int) -> dict[str, float]:
-        factor = lr_factor(step, steps, warmup_steps, "cosine")
-        for group in opt.param_groups:
-            group["lr"] = lr * factor
+        step_lr = lr * lr_factor(step, steps, warmup_steps, "cosine")
+        set_lr(opt, step_lr)
         targets, mask, cond = global_batch(step)
         rows = rank_rows(len(targets), rank, world)
         local = targets[rows].to(device)
@@ -232,7 +240,7 @@ def train(model, tokens, ckpt_path: Path, *, kind: str, objective: str, steps: i
         logs = torch.stack([loss_sum.detach().float(), correct.detach().float()])
         if world > 1:
             dist.all_reduce(logs)
-        out = {"loss": float(logs[0]) / total, "acc": float(logs[1]) / total, "lr": lr * factor,
+        out = {"loss": float(logs[0]) / total, "acc": float(logs[1]) / total, "lr": step_lr,
                "grad_norm": float(grad_norm)}
         if mask is not None:
             out["masked"] = float(mask.float().mean())
@@ -253,27 +261,26 @@ def train(model, tokens, ckpt_path: Path, *, kind: str, objective: str, steps: i
 
 
 def run(args: argparse.Namespace) -> int:
-    from lib import generators as GEN
-    from lib import params as lib_params
+    import lib.config as lib_params
 
     rank, world, device = setup_distributed(args.device)
     P = copy.deepcopy(lib_params.load(args.profile))
     G = P["generation"]
-    GEN._known(G, args.name)
+    generation_cfg.require_known(G, args.name)
     for key in ("dim", "depth", "heads"):
         if getattr(args, key) is not None:
             G[key] = getattr(args, key)
     entry = G["models"][args.name]
-    steps = args.steps or GEN.steps_of(G, args.name)
+    steps = args.steps or generation_cfg.steps_of(G, args.name)
     if steps < 1:
         raise AtelierInputError(f"generator {args.name!r} has 0 steps in profile {args.profile!r}: give --steps")
     seed = P["seed"]
     torch.manual_seed(seed)
     tokens, text_kw, tok, extra = load_data(P, args.name, rank, world, args.synthetic, progress=not args.quiet)
-    model = GEN.build_model(P, args.name, tok)
+    model = generator_pipe.build_model(P, args.name, tok)
     ckpt = Path(args.out) if args.out else (
-        GEN.out_root() / "artifacts" / "ddp_synthetic" / args.name / GEN.CHECKPOINT if args.synthetic
-        else GEN.checkpoint_path(args.name))
+        store.out_root() / "artifacts" / "ddp_synthetic" / args.name / generator_store.CHECKPOINT if args.synthetic
+        else generator_store.checkpoint_path(args.name))
     masked = entry["kind"] == "masked"
     t0 = time.perf_counter()
     warmup = G["warmup_steps"] if args.warmup_steps is None else args.warmup_steps
@@ -297,14 +304,15 @@ def write_stage_outputs(P, name, model, history, extra, seconds, world, device, 
     """The loss curve and metrics the ``generator@<name>`` stage writes (rank 0, real data)."""
     import numpy as np
 
-    from lib import generators as GEN
+    import lib.store.generators as generator_store
     from lib.io import sha256_file
     from lib.provenance import run_info, write_metrics
+    from lib.stages import generator as GEN
     from lib.training import write_loss_curve
 
     entry = P["generation"]["models"][name]
     model = model.cpu().eval()
-    write_loss_curve(history, GEN.loss_path(name), every=max(1, len(history) // 300))
+    write_loss_curve(history, generator_store.loss_path(name), every=max(1, len(history) // 300))
     acc = GEN.heldout_accuracy(model, extra["test_tokens"], extra["test_cond"].to("cpu"), seed=P["seed"])
     last = history[-50:]
     metrics = {"skipped": False, "steps": len(history), "kind": entry["kind"], "objective": entry["objective"],
@@ -313,11 +321,11 @@ def write_stage_outputs(P, name, model, history, extra, seconds, world, device, 
                "final_train_acc": float(np.mean([h["acc"] for h in last])), "heldout_acc": acc,
                "num_heldout_images": int(extra["test_n"])}
     prov = run_info(P["profile"], P["seed"], model=name, config=entry, transformer=model.config.to_dict(),
-                    checkpoint_sha256=sha256_file(GEN.checkpoint_path(name)),
+                    checkpoint_sha256=sha256_file(generator_store.checkpoint_path(name)),
                     training={"seconds": round(seconds, 1), "entry_point": "reproduce/train_generator_ddp.py",
                               "world_size": world, "device": device.type, "compile": bool(compiled),
                               "backend": ("nccl" if device.type == "cuda" else "gloo") if world > 1 else None})
-    print(write_metrics(GEN.metrics_path(name), metrics, prov))
+    print(write_metrics(generator_store.metrics_path(name), metrics, prov))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 torch.set_num_threads(1)
 
@@ -194,10 +194,10 @@ def test_analytic_linear_flops_match_counted_flops(overrides):
 
 @pytest.mark.parametrize("low_res", [(8, 8, 1, 64), (2, 2, 2, 64)])
 def test_muse_form_super_res_flops_match_counted_flops_and_leave_the_encoder_to_the_condition(low_res):
-    """lib.super_res_model (Muse Fig. 4): the high-res sequence is N tokens, the cross-attention memory
+    """lib.generation.super_res (Muse Fig. 4): the high-res sequence is N tokens, the cross-attention memory
     text + Nl, plus the low-res encoder, which decoding runs once per condition."""
     from lib.generation import TransformerConfig
-    from lib.super_res_model import MuseSuperResTransformer
+    from lib.generation.super_res import MuseSuperResTransformer
 
     grid = 2 * low_res[0]
     cfg = TransformerConfig(grid_h=grid, grid_w=grid, channels=1, codebook_size=64, max_text_len=B.TEXT_LEN,
@@ -261,7 +261,7 @@ def test_summarize_quartiles_and_ratios():
 
 
 def test_super_res_stage_and_call_counter_on_a_16x16_grid():
-    from lib import params as lib_params
+    import lib.config as lib_params
 
     P = lib_params.load("smoke")
     steps = P["super_res"]["sampling_steps"]

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from lib.paths import repo_root
+from lib.store import repo_root
 
 SPEC = importlib.util.spec_from_file_location("bench_training", repo_root() / "reproduce" / "bench_training.py")
 B = importlib.util.module_from_spec(SPEC)

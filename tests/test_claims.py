@@ -1,4 +1,4 @@
-"""lib/claims.py and reproduce/claims.yaml: the ledger parses, names real configurations, and the
+"""lib/evaluation/claims.py and reproduce/claims.yaml: the ledger parses, names real configurations, and the
 verdict logic gives holds / reversed / inconclusive / under-trained on hand-made rows."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import math
 import pytest
 import yaml
 
-from lib import claims as C
-from lib import params as lib_params
+from lib.evaluation import claims as C
+import lib.config as lib_params
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 LEDGER = repo_root() / "reproduce" / "claims.yaml"
 

@@ -19,7 +19,7 @@ from lib.data.fashiongen import FashionGen
 from lib.data.fashioniq import FashionIQ
 from lib.data.render import colourise, pattern_masks
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 FM_ROOT = repo_root() / "data" / "fashion-mnist"
 LIMITS = {"train": 600, "val": 200, "test": 400}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 torch.set_num_threads(1)
 
@@ -34,8 +34,8 @@ def test_rank_rows_split_the_global_batch():
 
 
 def test_torchrun_two_processes_match_single_process_training(tmp_path):
-    from lib import generators as GEN
-    from lib import params as lib_params
+    import lib.config as lib_params
+    import lib.pipelines.generators as generator_pipe
     from lib.generation import load_generator, train_masked
 
     ckpt = tmp_path / "ddp.safetensors"
@@ -54,7 +54,7 @@ def test_torchrun_two_processes_match_single_process_training(tmp_path):
         G, seed = P["generation"], P["seed"]
         torch.manual_seed(seed)
         spec = T._token_spec(P, "vq")
-        model = GEN.build_model(P, "muse", spec)
+        model = generator_pipe.build_model(P, "muse", spec)
         init = {k: v.clone() for k, v in model.state_dict().items()}
         data = T.synthetic_data(spec.token_shape, spec.vocab_size, seed=seed)
         history = train_masked(model, data["tokens"], tmp_path / "single.safetensors", steps=STEPS,

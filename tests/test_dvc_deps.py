@@ -1,8 +1,8 @@
 """reproduce/dvc_deps.py: each stage's import closure inside lib/ against its dvc.yaml deps.
 
-The check runs on a small fixture package here. On the real dvc.yaml it still reports gaps (the
-import cycles of issue 16 make almost every stage's closure all of lib/); the redesign is what
-makes it pass, and then this file gains the test over the real dvc.yaml.
+The check runs on a small fixture package (the closure logic) and on the real dvc.yaml (every
+stage's deps cover the code it runs: its module under lib/stages/ or its notebook, and everything
+they import inside lib/, function-local imports included).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from lib.paths import repo_root
+from lib.store import repo_root
 
 SPEC = importlib.util.spec_from_file_location("dvc_deps", repo_root() / "reproduce" / "dvc_deps.py")
 DD = importlib.util.module_from_spec(SPEC)
@@ -77,3 +77,34 @@ def test_import_cycles_are_found_and_own_package_inits_are_not_edges(tmp_path):
     assert "lib/pkg/__init__.py" not in graph["lib/pkg/x.py"]  # `from . import y` needs y, not the package
     assert DD.import_cycles(graph) == [["lib/a.py", "lib/c.py"]]
     assert DD.import_cycles(DD.module_graph(tmp_path, local=False)) == []
+
+
+def test_every_real_stage_depends_on_all_the_code_it_runs():
+    gaps = DD.uncovered()
+    assert gaps == {}, "\n".join(f"{stage}: {', '.join(files)}" for stage, files in gaps.items())
+
+
+def test_real_stage_commands_name_their_code():
+    """``python -m lib.stages <stage>`` resolves to the stage's own module or notebook, not to all of
+    lib/stages/ (the entry point imports only the one it runs)."""
+    st = DD.stages()
+    entries = {name: {p.as_posix() for p in DD.stage_entries(s["cmd"])} for name, s in st.items()}
+    assert "lib/stages/generator.py" in entries["generator"]
+    assert "notebooks/03_text_to_image.ipynb" in entries["text_to_image"]
+    assert "notebooks/02a_tokenizer.ipynb" in entries["tokenizer"]
+    closure = {p.as_posix() for p in DD.import_closure([__import__("pathlib").Path("lib/stages/__main__.py")])}
+    assert not any(p.startswith("lib/stages/") and p not in ("lib/stages/__init__.py", "lib/stages/__main__.py")
+                   for p in closure), closure
+
+
+def test_dvc_yaml_stays_short():
+    """Issue 16: derived deps, one-line commands and folder outputs keep dvc.yaml readable."""
+    assert len((repo_root() / "dvc.yaml").read_text().splitlines()) < 600
+
+
+def test_dvc_yaml_deps_are_the_derived_ones(tmp_path):
+    """The committed deps are what ``reproduce/dvc_deps.py --write`` derives (run it after moving code)."""
+    copy = tmp_path / "dvc.yaml"
+    copy.write_text((repo_root() / "dvc.yaml").read_text())
+    assert DD.write_deps(copy, repo_root()) == []
+    assert copy.read_text() == (repo_root() / "dvc.yaml").read_text()

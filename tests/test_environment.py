@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from lib.paths import repo_root
+from lib.store import repo_root
 
 ROOT = repo_root()
 sys.path.insert(0, str(ROOT / "reproduce"))
@@ -59,9 +59,11 @@ def test_smoke_harness_runs_a_foreach_notebook_under_nbval_only_for_a_config_the
         # every other tokenizer still runs (as its stage command), trained or 'skipped'
         names = set(params["tokenizers"]["configs"]) | set(params["tokenizers"]["finetunes"])
         listed = [n for k, w in steps if k == "cmd" and "--config " in w for n in w.split("--config ")[1].split()]
+        listed += [w.split("--name ")[1].split()[0] for k, w in steps
+                   if k == "cmd" and ("-m lib.stages tokenizer " in w or "-m lib.stages tokenizer_finetune " in w)]
         assert sorted(listed + [config]) == sorted(names)  # each exactly once
         # the names a profile does not train are written by `skip` lines, and only those
         counts = params["profiles"][profile]
-        for section, module, flag in (("tokenizers", "lib.tokenizers", "--config "), ("generation", "lib.generators", "--name ")):
+        for section, module, flag in (("tokenizers", "lib.stages.tokenizer", "--config "), ("generation", "lib.stages.generator", "--name ")):
             skipped = [n for k, w in steps if k == "cmd" and f"-m {module} skip " in w for n in w.split(flag)[1].split()]
             assert sorted(skipped) == sorted(n for n, c in counts[section]["steps"].items() if c == 0), (profile, section)

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from lib.paths import repo_root
+from lib.store import repo_root
 
 SPEC = importlib.util.spec_from_file_location("freshness", repo_root() / "reproduce" / "freshness.py")
 FR = importlib.util.module_from_spec(SPEC)
@@ -31,7 +31,7 @@ def test_only_changed_inputs_make_a_stage_stale():
 def test_an_output_re_made_upstream_makes_its_consumers_stale_from_the_lock_alone():
     lock = {"generator@muse": {"outs": [{"path": "artifacts/generators/muse", "md5": "new.dir"}]},
             "text_to_image": {"deps": [{"path": "artifacts/generators/muse", "md5": "old.dir"},
-                                       {"path": "lib/scoring.py", "md5": "x"}]},
+                                       {"path": "lib/evaluation/judge_panel.py", "md5": "x"}]},
             "speed": {"deps": [{"path": "artifacts/generators/muse", "md5": "new.dir"}]}}
     status = {"text_to_image": [{"changed deps": {"artifacts/generators/muse": "modified"}}]}  # a local rebuild
     assert FR.stale(status, lock) == {"text_to_image": ["artifacts/generators/muse (re-made by generator@muse)"]}

@@ -1,4 +1,4 @@
-"""lib.headlines: the flat per-row numbers `dvc metrics show` lists (issue 20)."""
+"""lib.evaluation.headlines: the flat per-row numbers `dvc metrics show` lists (issue 20)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import headlines as H
+from lib.evaluation import headlines as H
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 SPEC = repo_root() / "reproduce" / "headlines.yaml"
 

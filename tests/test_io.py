@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib.io import AtelierInputError, atomic_path, atomic_write_json, load_checkpoint, read_json, save_checkpoint
-from lib.paths import repo_root
+from lib.store import repo_root
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

@@ -10,7 +10,7 @@ from lib.data.build import build_caption_dataset
 from lib.data.caption_dataset import load_split
 from lib.judges.classifier import DomainClassifier, evaluate_classifier, train_classifier
 from lib.judges.contrastive import ContrastiveJudge
-from lib.paths import repo_root
+from lib.store import repo_root
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,7 @@ def test_reference_stats_cached_and_reused(image_sets, inception_feats, weights,
     kwargs = dict(dataset="fashion-mnist", split="train", profile="test", n=N_SET, weights_path=weights, progress=False)
     first = reference_stats(lambda: image_sets["train"], **kwargs)
     assert len(calls) == 1
-    from lib.paths import out_root
+    from lib.store import out_root
 
     assert first.path.is_file() and first.path.parent == out_root() / "artifacts" / "cache" / "fid_stats"
     assert not list(first.path.parent.glob("*.tmp"))

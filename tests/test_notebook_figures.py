@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 
-from lib.paths import repo_root
+from lib.store import repo_root
 
 
 def test_a_notebook_run_in_the_stage_environment_embeds_its_png(tmp_path):

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import yaml
 
-from lib import params
+import lib.config as params
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def _with_m6_entry(params_file, **changes):
 def test_m6_condition_mixture_comes_from_params_and_reaches_the_trainer_probs(params_file):
     from lib.generation import COMBINATION_PROBS_PRINTED, COMBINATION_PROBS_PROSE
     from lib.generation.masking import COMBINATION_READINGS
-    from lib.generators import condition_mixture
+    from lib.stages.generator import condition_mixture
     assert tuple(COMBINATION_READINGS) == params.CONDITION_MIXTURES  # the torch-free list names the same readings
     entry = params.load("default")["generation"]["models"]["m6"]
     assert entry["condition_mixture"] == "prose"
@@ -103,12 +103,12 @@ def _edit_models(params_file, fn):
 
 
 def test_seed_replicas_repeat_their_entry_but_for_the_seed_and_train_as_long(params_file):
-    from lib import generators as GEN
+    import lib.config.generation as generation_cfg
 
     P = params.load("default")
-    assert GEN.seed_runs(P, "m6_pq") == {0: "m6_pq", 1: "m6_pq_seed1", 2: "m6_pq_seed2"}
-    assert GEN.seed_of(P, "m6_pq") == P["seed"] == 0 and GEN.seed_of(P, "m6_pq_seed2") == 2
-    assert GEN.seed_runs(P, "muse") == {0: "muse"}  # no replicas: the one run
+    assert generation_cfg.seed_runs(P, "m6_pq") == {0: "m6_pq", 1: "m6_pq_seed1", 2: "m6_pq_seed2"}
+    assert generation_cfg.seed_of(P, "m6_pq") == P["seed"] == 0 and generation_cfg.seed_of(P, "m6_pq_seed2") == 2
+    assert generation_cfg.seed_runs(P, "muse") == {0: "muse"}  # no replicas: the one run
     # a replica that differs in anything but its seed is refused, naming the key
     _edit_models(params_file, lambda r: r["generation"]["models"]["m6_pq_seed1"].update(tokenizer="rq"))
     with pytest.raises(AtelierInputError, match=r"m6_pq_seed1: a seed replica of 'm6_pq' must equal it except in seed; "
@@ -146,14 +146,14 @@ def test_params_yaml_is_in_the_layout_dvc_writes_back(tmp_path):
 
 
 def test_checking_params_yaml_imports_no_torch():
-    """Issue 16: ``lib.params.load`` used to import torch through lib.unifashion / lib.super_res to
-    check their sections; their schemas now live in lib.params."""
+    """Issue 16: ``lib.config.load`` used to import torch through lib.stages.unifashion / lib.stages.super_res to
+    check their sections; their schemas now live in lib.config."""
     import subprocess
     import sys
 
-    code = ("import sys, lib.params as p\n"
+    code = ("import sys, lib.config as p\n"
             "for prof in p.PROFILES: p.load(prof)\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in ('lib.unifashion', 'lib.super_res')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in ('lib.stages.unifashion', 'lib.stages.super_res')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root())
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 

@@ -1,4 +1,4 @@
-"""lib.pipeline: the three-line inference API the README shows (issue 20)."""
+"""lib.pipelines.garment: the three-line inference API the README shows (issue 20)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lib.generation import ARTransformer, Condition, MaskedTokenTransformer, TransformerConfig
+from lib.images import to_uint8_hwc
 from lib.io import AtelierInputError
-from lib.paths import repo_root
-from lib.pipeline import ComposedSearch, GarmentPipeline, to_uint8
+from lib.pipelines.garment import ComposedSearch, GarmentPipeline
+from lib.store import repo_root
 from tests.test_unifashion import PatchTokenizer
 
 SAMPLING = {"maskgit_steps": 4, "smart_T": 3, "smart_alpha": 0.8, "smart_beta": 0.2, "temperature": 1.0,
@@ -61,7 +62,7 @@ def test_inpaint_keeps_every_pixel_outside_the_widened_box():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     out = p.inpaint(images, (9, 9, 5, 5), ["a red dress", "a blue shoe"], seed=1)  # widened to pixels 8..16
-    kept = to_uint8(p.decoder.decode_indices(p.tokenizer.tokenize(
+    kept = to_uint8_hwc(p.decoder.decode_indices(p.tokenizer.tokenize(
         torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)))
     outside = np.ones((32, 32), bool)
     outside[8:16, 8:16] = False
@@ -93,7 +94,7 @@ def test_save_writes_a_grid_png(tmp_path):
 
 def test_readme_inference_snippet_runs_against_the_pipeline(tmp_path, monkeypatch):
     """The README's inference block, executed with from_trained replaced by tiny random weights:
-    it must call only what lib.pipeline offers, with arguments it accepts."""
+    it must call only what lib.pipelines.garment offers, with arguments it accepts."""
     readme = (repo_root() / "README.md").read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "GarmentPipeline" in b]
     assert blocks, "README.md: no python block using GarmentPipeline"
@@ -148,7 +149,7 @@ def test_style_mix_takes_the_chosen_groups_from_b_and_keeps_the_rest_of_a():
     a = np.kron(rng.integers(0, 100, (2, 4, 4, 3)), np.ones((1, 8, 8, 1))).astype(np.uint8)
     b = np.kron(rng.integers(160, 256, (2, 4, 4, 3)), np.ones((1, 8, 8, 1))).astype(np.uint8)
     recon = lambda im: p.decoder.decode_indices(p.tokenizer.tokenize(torch.from_numpy(im).permute(0, 3, 1, 2).float() / 127.5 - 1))
-    ra, rb = to_uint8(recon(a)), to_uint8(recon(b))
+    ra, rb = to_uint8_hwc(recon(a)), to_uint8_hwc(recon(b))
     assert (ra[..., 1] != rb[..., 1]).all()
     whole = p.style_mix(a, b, groups=[1], seed=0)  # the whole grid: nothing to harmonise, all known
     assert np.array_equal(whole[..., 0], ra[..., 0]) and np.array_equal(whole[..., 1:], rb[..., 1:])

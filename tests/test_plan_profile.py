@@ -9,7 +9,7 @@ import math
 import pytest
 
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 SPEC = importlib.util.spec_from_file_location("plan_profile", repo_root() / "reproduce" / "plan_profile.py")
 PP = importlib.util.module_from_spec(SPEC)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.paths import repo_root
+from lib.store import repo_root
 
 spec = importlib.util.spec_from_file_location("profile_copy", repo_root() / "reproduce" / "profile_copy.py")
 profile_copy = importlib.util.module_from_spec(spec)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from lib.io import AtelierInputError, atomic_write_json, load_checkpoint, read_json, save_checkpoint
-from lib.paths import repo_root
+from lib.store import repo_root
 from lib.training import ResumableTrainer
 
 N_ROWS = 200_000          # ~1.4 MB of indented JSON: a write takes tens of ms, long enough to be hit

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import params
-from lib.paths import repo_root
+import lib.config as params
+from lib.store import repo_root
 from lib.provenance import run_info, write_metrics
 
 COMPARE = repo_root() / "reproduce" / "compare_metrics.py"
@@ -49,9 +49,9 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 BUILD = """
 import sys
-from lib import params
+import lib.config as params
 from lib.data.build import build_caption_dataset
-from lib.paths import data_dir
+from lib.store import data_dir
 d = params.load("smoke")["data"]
 build_caption_dataset(
     data_dir() / "fashion-mnist", sys.argv[1], seed=params.load("smoke")["seed"],

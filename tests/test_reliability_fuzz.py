@@ -27,13 +27,13 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lib import params
+import lib.config as params
 from lib.data import fashion_mnist
 from lib.data.caption_dataset import CaptionDataset, load_split
 from lib.data.fashiongen import FashionGen
 from lib.data.fashioniq import MAX_CAPTION_CHARS, FashionIQ
 from lib.io import AtelierInputError, load_checkpoint, read_json, save_checkpoint
-from lib.paths import repo_root
+from lib.store import repo_root
 
 
 def fuzz(n: int):
@@ -234,7 +234,7 @@ def test_params_missing_section_is_refused_by_name(tmp_path):
 
 
 def test_params_cli_check_names_unknown_profile():
-    proc = subprocess.run([sys.executable, "-m", "lib.params", "--check", "fastest"], cwd=repo_root(),
+    proc = subprocess.run([sys.executable, "-m", "lib.config", "--check", "fastest"], cwd=repo_root(),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "unknown profile 'fastest'" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from lib import params
+import lib.config as params
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 
 @pytest.fixture
 def checkout(tmp_path) -> Path:
-    """A copy of what ``python -m lib.params`` reads: lib/, dvc.yaml and params.yaml."""
+    """A copy of what ``python -m lib.config`` reads: lib/, dvc.yaml and params.yaml."""
     root = tmp_path / "checkout"
     shutil.copytree(repo_root() / "lib", root / "lib", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml"):
@@ -27,7 +27,7 @@ def checkout(tmp_path) -> Path:
 
 
 def _check(root: Path, profile: str = "default") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lib.params", "--check", profile], cwd=root,
+    return subprocess.run([sys.executable, "-m", "lib.config", "--check", profile], cwd=root,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.paths import repo_root
+from lib.store import repo_root
 
 LIMIT_MB = 8192
 

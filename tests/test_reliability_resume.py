@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.paths import repo_root
+from lib.store import repo_root
 from tests._kill_resume_worker import KINDS
 
 STEPS = 20

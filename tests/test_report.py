@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib import report
+from lib.evaluation import report
 from lib.io import AtelierInputError
-from lib.paths import out_root, repo_root
+from lib.store import out_root, repo_root
 
 IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)|<img[^>]+src=\"([^\"]+)\"")
 

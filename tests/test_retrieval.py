@@ -513,7 +513,7 @@ def test_tokenizer_features_are_the_prequantization_latents():
 
 
 def test_composed_recall_ranks_agree_with_its_recalls():
-    """The per-query ranks behind Table 5's bootstrap (lib.unifashion_eval.composed_replicates)
+    """The per-query ranks behind Table 5's bootstrap (lib.evaluation.unifashion.composed_replicates)
     give back exactly the recalls computed from the same similarities."""
     from lib.retrieval.evaluate import composed_recall_from_embeddings
 

@@ -1,4 +1,4 @@
-"""lib/scoring.py JudgePanel.score(bootstrap=True): replicates of FID, CLIP-score and joint accuracy
+"""lib/evaluation/judge_panel.py JudgePanel.score(bootstrap=True): replicates of FID, CLIP-score and joint accuracy
 stored beside the values, from the same features as the point FID (judges and Inception stubbed)."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import lib.metrics as M
-from lib import uncertainty as U
+import lib.evaluation.judge_panel as JP
+from lib.evaluation import uncertainty as U
 from lib.io import AtelierInputError
 from lib.metrics.image_quality import ReferenceStats
-from lib.scoring import JudgePanel, region_psnr
+from lib.evaluation.judge_panel import JudgePanel, region_psnr
 
 
 def _panel(monkeypatch, params):
@@ -27,8 +27,8 @@ def _panel(monkeypatch, params):
         assert feats is seen["feats"] and reference is ref  # the point FID uses the same features
         return {"fid": 1.0, "kid_mean": 0.0, "kid_std": 0.0}
 
-    monkeypatch.setattr(M, "inception_features", features)
-    monkeypatch.setattr(M, "fid_kid", fid_kid)
+    monkeypatch.setattr(JP, "inception_features", features)  # where the panel looks them up
+    monkeypatch.setattr(JP, "fid_kid", fid_kid)
     panel = JudgePanel.__new__(JudgePanel)
     panel.params, panel.device, panel.progress = params, "cpu", False
     panel.reference = lambda _: ref

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 SPEC = importlib.util.spec_from_file_location("stage_times", repo_root() / "reproduce" / "stage_times.py")
 ST = importlib.util.module_from_spec(SPEC)
@@ -29,7 +29,7 @@ def test_stage_seconds_run_from_one_dvc_event_to_the_next():
     clock = FakeClock()
     sc = ST.StageClock("default", ["dvc", "repro"], started=990.0, clock=clock)
     events = [(0, "Stage 'data' didn't change, skipping"), (2, "Running stage 'tokenizer@vq':"),
-              (3, "> python -m lib.tokenizers stage ..."), (62, "Running stage 'tokens@vq':"),
+              (3, "> python -m lib.stages.tokenizer stage ..."), (62, "Running stage 'tokens@vq':"),
               (70, "Stage 'generator@muse' is cached - skipping run, checking out outputs")]
     for t, line in events:
         clock.t = 1000.0 + t

@@ -1,4 +1,4 @@
-"""The Muse super-resolution stage (lib/super_res.py): high-res renders, configs, training, sampling."""
+"""The Muse super-resolution stage (lib/stages/super_res.py): high-res renders, configs, training, sampling."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from lib import params as lib_params
-from lib import super_res as SR
+import lib.config as lib_params
+from lib.stages import super_res as SR
+import lib.config.super_res as super_res_cfg
+import lib.evaluation.super_res as super_res_eval
+import lib.pipelines.super_res as super_res_parts
+import lib.store.super_res as super_res_store
 from lib.data import fashion_mnist
 from lib.data.render import colourise, pattern_masks
 from lib.generation import Condition, MaskedTokenTransformer, TextFeatureTable, train_masked
 from lib.io import AtelierInputError
 from lib.models.tokenizer import Tokenizer
-from lib.paths import repo_root
+from lib.store import repo_root
 
 FM_ROOT = repo_root() / "data" / "fashion-mnist"
 TINY_TOK = dict(image_size=16, ch=8, ch_mult=[1, 2], num_res_blocks=0, z_dim=8, quantizer="vq",
@@ -41,11 +45,11 @@ def test_highres_images_follow_the_split_arrays_and_refuse_foreign_names():
     x, _ = fashion_mnist.load(FM_ROOT, "test")
     arrays = {"names": np.array([f"fmtest{i:05d}" for i in (5, 9, 2)]), "source_index": np.array([5, 9, 2]),
               "colour": np.array([1, 2, 3]), "pattern": np.array([0, 1, 2])}
-    out = SR.highres_images(arrays, np.array([2, 0]), 2, FM_ROOT)
+    out = super_res_parts.highres_images(arrays, np.array([2, 0]), 2, FM_ROOT)
     np.testing.assert_array_equal(out, colourise(x[[2, 5]], np.array([3, 1]), np.array([2, 0]), scale=2))
     bad = dict(arrays, names=np.array(["img0", "img1", "img2"]))
     with pytest.raises(AtelierInputError, match="do not name one Fashion-MNIST split"):
-        SR.highres_images(bad, np.array([0]), 2, FM_ROOT)
+        super_res_parts.highres_images(bad, np.array([0]), 2, FM_ROOT)
 
 
 def test_settings_are_checked_and_errors_name_the_key():
@@ -78,13 +82,13 @@ def test_highres_tokenizer_copies_the_low_res_weights_and_doubles_the_grid():
     P = lib_params.load("smoke")
     cfg = SR.highres_tokenizer_config(P, "vq_gen", 2)
     assert cfg["image_size"] == 2 * P["tokenizers"]["image_size"] and cfg["name"] == "vq_gen_x2"
-    model_cfg = SR.transformer_config(P, low, high)
+    model_cfg = super_res_parts.transformer_config(P, low, high)
     assert (model_cfg.grid_h, model_cfg.grid_w) == (16, 16) and model_cfg.low_res == (8, 8, 1, 16)
 
 
 def _tiny_sr(K=8, mode="joint"):
     from lib.generation import TransformerConfig
-    from lib.super_res_model import build_super_res_model
+    from lib.generation.super_res import build_super_res_model
 
     cfg = TransformerConfig(grid_h=4, grid_w=4, channels=1, codebook_size=K, dim=32, depth=2, heads=2,
                             text_mode="cross_attention", low_res=(2, 2, 1, K))
@@ -108,7 +112,7 @@ def test_super_res_model_learns_to_use_the_low_res_tokens(tmp_path, mode):
                            label_smoothing=0.0, warmup_steps=10, progress=False)
     assert np.mean([h["acc"] for h in history[-20:]]) > 0.9
     # sampling on the scheduler contract: every token decided, and the output follows the low-res tokens
-    from lib.synthesis import make_scheduler, sample_masked
+    from lib.pipelines.sampling import make_scheduler, sample_masked
 
     cond = table.condition(caption_ids[:16, 0])
     cond.low_res_tokens = low[:16]
@@ -124,18 +128,17 @@ def test_super_res_model_learns_to_use_the_low_res_tokens(tmp_path, mode):
 
 def test_super_resolve_leaves_the_callers_condition_alone(monkeypatch):
     """Issue 19: super_resolve used to write its low-res tokens into the caller's text condition."""
-    import lib.synthesis as SY
 
-    monkeypatch.setattr(SY, "decode", lambda tok, tokens: torch.zeros(len(tokens), 3, 8, 8))
+    monkeypatch.setattr(super_res_parts, "decode_tokens", lambda tok, tokens: torch.zeros(len(tokens), 3, 8, 8))
     torch.manual_seed(0)
     table = TextFeatureTable(torch.randn(2, 5, 384), torch.ones(2, 5, dtype=torch.bool), ["a", "b"])
     cond = table.condition(torch.tensor([0, 1]))
     low = torch.randint(0, 8, (2, 4, 1))
-    out = SR.super_resolve(_tiny_sr(8).eval(), None, low, cond, {"sampling_steps": 2, "guidance_scale": 2.0},
+    out = super_res_parts.super_resolve(_tiny_sr(8).eval(), None, low, cond, {"sampling_steps": 2, "guidance_scale": 2.0},
                            sampling={})
     assert out["tokens"].shape == (2, 16, 1) and (out["tokens"] < 8).all()
     assert cond.low_res_tokens is None
-    assert SR.super_resolve(_tiny_sr(8).eval(), None, low, None, {"sampling_steps": 2, "guidance_scale": 0.0},
+    assert super_res_parts.super_resolve(_tiny_sr(8).eval(), None, low, None, {"sampling_steps": 2, "guidance_scale": 0.0},
                             sampling={})["tokens"].shape == (2, 16, 1)
 
 
@@ -144,20 +147,20 @@ def test_stage_skips_cleanly_and_resamples_shapes(tmp_path, monkeypatch):
     P = lib_params.load("smoke")
     SR._write_skipped("smoke", 0, "test")
     assert (tmp_path / "artifacts" / "super_res" / "skipped.json").is_file()
-    assert SR.metrics_path().is_file()
+    assert super_res_store.metrics_path().is_file()
     with pytest.raises(AtelierInputError, match="run the super-resolution stage first"):
-        SR.load_trained(P)
+        super_res_parts.load_trained(P)
     img = torch.linspace(-1, 1, 8).view(1, 1, 1, 8).expand(2, 3, 8, 8).contiguous()   # a smooth image
-    up = SR.upsample(img, 2)
+    up = super_res_parts.upsample(img, 2)
     assert up.shape == (2, 3, 16, 16) and up.abs().max() <= 1
-    assert (SR.downsample(up, 2) - img).abs().mean() < 0.05
+    assert (super_res_parts.downsample(up, 2) - img).abs().mean() < 0.05
 
 
 def test_muse_form_keeps_low_res_tokens_out_of_the_sequence_and_in_the_cross_attention_memory(tmp_path):
     """Muse Fig. 4: low-res tokens -> their own self-attention -> concatenated with the text as the
     high-res tokens' cross-attention memory; a text-dropped row keeps the low-res part."""
     from lib.generation import load_generator
-    from lib.super_res_model import MuseSuperResTransformer, load_super_res_model
+    from lib.generation.super_res import MuseSuperResTransformer, load_super_res_model
 
     torch.manual_seed(0)
     model = _tiny_sr(8, "cross_attention").eval()

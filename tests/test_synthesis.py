@@ -1,15 +1,15 @@
-"""Pipelines wiring generators, schedulers and decoders (lib/synthesis.py), and the generation params."""
+"""Pipelines wiring generators, schedulers and decoders (lib/pipelines/sampling.py), and the generation params."""
 
 import copy
 
 import pytest
 import torch
 
-from lib import params as lib_params
+import lib.config as lib_params
 from lib.generation import Condition, MaskedTokenTransformer, TransformerConfig
 from lib.io import AtelierInputError
 from lib.sampling import MaskGITScheduler, SMARTScheduler
-from lib.synthesis import make_scheduler, masked_logits_fn, sample_masked, visual_condition
+from lib.pipelines.sampling import make_scheduler, masked_logits_fn, sample_masked, visual_condition
 
 torch.set_num_threads(1)
 

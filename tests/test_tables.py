@@ -1,4 +1,4 @@
-"""reproduce/paper_numbers.yaml (the papers' numbers) and lib/tables.py (rendering them next to ours)."""
+"""reproduce/paper_numbers.yaml (the papers' numbers) and lib/evaluation/tables.py (rendering them next to ours)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lib import tables
+from lib.evaluation import tables
 from lib.io import AtelierInputError
-from lib.paths import repo_root
+from lib.store import repo_root
 
 YAML_PATH = repo_root() / "reproduce" / "paper_numbers.yaml"
 
@@ -231,7 +231,7 @@ def test_every_number_appears_in_the_seed_text(raw):
 
 
 # --------------------------------------------------------------------------------------------
-# lib/tables.py
+# lib/evaluation/tables.py
 
 
 def test_missing_paper_or_table_raises_naming_it():

@@ -10,7 +10,7 @@ from lib.data import fashion_mnist
 from lib.data.render import colourise
 from lib.io import AtelierInputError
 from lib.models.tokenizer import Tokenizer, load_tokenizer, resolve_config, train_tokenizer
-from lib.paths import repo_root
+from lib.store import repo_root
 
 CONFIGS = {
     "vq": dict(quantizer="vq", quantizer_kwargs={"codebook_size": 64}),
@@ -88,3 +88,22 @@ def test_channels_last_training_is_the_same_computation_and_resumes(tmp_path):
     assert "loss_d" in runs[True][-1]
     again = load_tokenizer(tmp_path / "True.safetensors", cfg)
     assert torch.equal(again.tokenize(_images(4)), tok.tokenize(_images(4)))
+
+
+@pytest.mark.parametrize("kind", ["pq-style", "movq"])
+def test_checkpoint_describes_itself(tmp_path, kind):
+    """Issue 16: load_tokenizer(path) rebuilds the tokenizer from the checkpoint alone (name, config and
+    discriminator width recorded in it) and gives the same tokens; a non-tokenizer file is refused."""
+    x = _images(4)
+    cfg = {**SMALL, **CONFIGS[kind], "name": f"my_{kind}"}
+    tok = Tokenizer(cfg)
+    train_tokenizer(tok, x, tmp_path / "tok.safetensors", steps=1, batch_size=4, perceptual_weight=0.0,
+                    gan_start=10_000, disc_ndf=8, progress=False)
+    again = load_tokenizer(tmp_path / "tok.safetensors")
+    assert again.config == tok.config and again.config["name"] == f"my_{kind}"
+    assert torch.equal(again.tokenize(x), tok.eval().tokenize(x))
+    assert torch.equal(load_tokenizer(tmp_path / "tok.safetensors", cfg, disc_ndf=8).tokenize(x), again.tokenize(x))
+    from lib.io import save_checkpoint
+    save_checkpoint(tmp_path / "other.safetensors", {"model.w": torch.zeros(1)}, {"arch": {"name": "generator"}})
+    with pytest.raises(AtelierInputError, match="other.safetensors: not a tokenizer checkpoint"):
+        load_tokenizer(tmp_path / "other.safetensors")

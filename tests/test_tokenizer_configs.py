@@ -1,4 +1,4 @@
-"""The named tokenizer configurations of params.yaml (lib/tokenizers.py) and their validation."""
+"""The named tokenizer configurations of params.yaml (lib/stages/tokenizer.py) and their validation."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import pytest
 import torch
 import yaml
 
-from lib import params
-from lib import tokenizers as T
+import lib.config as params
+import lib.config.tokenizers as tokenizer_cfg
+import lib.pipelines.tokenizers as tokenizer_pipe
+import lib.store.tokenizers as tokenizer_store
 from lib.io import AtelierInputError, read_json
 from lib.models.muse_decoder import build_muse_decoder, decoder_config
 from lib.models.tokenizer import Tokenizer, finetune_decoder, train_tokenizer
-from lib.paths import repo_root
 from lib.quantizers import build_quantizer, equal_storage_configs
+from lib.stages import tokenizer as T
+from lib.store import repo_root
 
 EQUAL_STORAGE = ("vq", "rq", "pq", "movq", "m6_pq_style")
 
@@ -40,8 +43,8 @@ def _edit(path, fn):
 
 def test_every_named_config_builds_and_round_trips_tokens(section):
     x = torch.rand(2, 3, section["image_size"], section["image_size"]) * 2 - 1
-    for name in T.all_names(section):
-        tok = Tokenizer(T.tokenizer_config(section, name)).eval()
+    for name in tokenizer_cfg.all_names(section):
+        tok = Tokenizer(tokenizer_pipe.tokenizer_config(section, name)).eval()
         idx = tok.tokenize(x)
         assert idx.shape == (2, *tok.token_shape), name
         with torch.no_grad():
@@ -49,7 +52,7 @@ def test_every_named_config_builds_and_round_trips_tokens(section):
 
 
 def test_equal_storage_set_really_has_equal_storage(section):
-    storage = {n: Tokenizer(T.tokenizer_config(section, n)).quantizer.codebook_storage for n in EQUAL_STORAGE}
+    storage = {n: Tokenizer(tokenizer_pipe.tokenizer_config(section, n)).quantizer.codebook_storage for n in EQUAL_STORAGE}
     assert len(set(storage.values())) == 1, storage
     # ... and is exactly lib.quantizers.equal_storage_configs for this z_dim and 4 channels
     reference = equal_storage_configs(1024, section["z_dim"], 4)
@@ -62,7 +65,7 @@ def test_equal_storage_set_really_has_equal_storage(section):
 
 
 def test_ablation_configs_differ_from_their_reference_in_one_thing_only(section):
-    cfg = {n: T.tokenizer_config(section, n) for n in section["configs"]}
+    cfg = {n: tokenizer_pipe.tokenizer_config(section, n) for n in section["configs"]}
     def diff(a, b):
         keys = set(cfg[a]) | set(cfg[b])
         return sorted(k for k in keys - {"name"} if cfg[a].get(k) != cfg[b].get(k))
@@ -78,8 +81,8 @@ def test_ablation_configs_differ_from_their_reference_in_one_thing_only(section)
 
 def test_muse_finetune_config_is_the_muse_decoder_of_its_base(section):
     for name, ft in section["finetunes"].items():
-        base = Tokenizer(T.tokenizer_config(section, ft["base"]))
-        wide = Tokenizer(T.tokenizer_config(section, name))
+        base = Tokenizer(tokenizer_pipe.tokenizer_config(section, ft["base"]))
+        wide = Tokenizer(tokenizer_pipe.tokenizer_config(section, name))
         assert decoder_config(wide.decoder) == decoder_config(build_muse_decoder(base.decoder, ft["width_mult"], ft["depth_mult"]))
         assert wide.encoder.state_dict().keys() == base.encoder.state_dict().keys()
         assert wide.token_shape == base.token_shape and wide.vocab_size == base.vocab_size
@@ -103,12 +106,12 @@ def test_finetune_keeps_tokens_and_trains_only_the_decoder(tmp_path):
 def test_profiles_name_every_config_and_smoke_is_small():
     for profile in params.PROFILES:
         s = params.load(profile)["tokenizers"]
-        assert set(s["steps"]) == set(T.all_names(s))
+        assert set(s["steps"]) == set(tokenizer_cfg.all_names(s))
     smoke = params.load("smoke")["tokenizers"]
-    active = [n for n in T.all_names(smoke) if T.is_active(smoke, n)]
+    active = [n for n in tokenizer_cfg.all_names(smoke) if tokenizer_cfg.is_active(smoke, n)]
     assert 1 <= len(active) <= 4 and max(smoke["steps"].values()) <= 50
     default = params.load("default")["tokenizers"]
-    assert all(T.is_active(default, n) for n in T.all_names(default)), "the default profile runs every table row"
+    assert all(tokenizer_cfg.is_active(default, n) for n in tokenizer_cfg.all_names(default)), "the default profile runs every table row"
     # the Table 1 comparison is only fair at equal steps
     assert len({default["steps"][n] for n in EQUAL_STORAGE}) == 1
 
@@ -154,18 +157,18 @@ def test_bad_tokenizer_values_are_named(params_file, edit, message):
 
 def test_unknown_name_is_refused(section):
     with pytest.raises(AtelierInputError, match=r"no tokenizer named 'vqgan'.*known: vq, rq"):
-        T.tokenizer_config(section, "vqgan")
+        tokenizer_pipe.tokenizer_config(section, "vqgan")
 
 
 def test_skipped_stage_writes_every_output_quickly():
     smoke = params.load("smoke")["tokenizers"]
-    name = next(n for n in T.all_names(smoke) if not T.is_active(smoke, n))
+    name = next(n for n in tokenizer_cfg.all_names(smoke) if not tokenizer_cfg.is_active(smoke, n))
     assert T.run_stage("notebooks/02a_tokenizer.ipynb", "smoke", name) == 0
-    saved = read_json(T.metrics_path(name))
+    saved = read_json(tokenizer_store.metrics_path(name))
     assert saved["metrics"]["skipped"] is True and saved["provenance"]["profile"] == "smoke"
-    assert json.loads((T.metrics_path(name).parent / "loss.json").read_text()) == []
+    assert json.loads((tokenizer_store.metrics_path(name).parent / "loss.json").read_text()) == []
     assert T.figure_path(name).is_file() and T.executed_notebook_path(name).is_file()
-    assert (T.checkpoint_path(name).parent / T.SKIPPED_MARKER).is_file()
+    assert (tokenizer_store.checkpoint_path(name).parent / tokenizer_store.SKIPPED_MARKER).is_file()
 
 
 def test_a_checkpoint_of_another_run_length_is_not_resumed(tmp_path):

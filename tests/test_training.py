@@ -64,3 +64,16 @@ def test_batch_indices_cover_each_epoch_once():
     seen = np.concatenate([batch_indices(100, 10, s, seed=0) for s in range(10)])
     assert sorted(seen.tolist()) == list(range(100))
     assert not np.array_equal(batch_indices(100, 10, 0, 0), batch_indices(100, 10, 10, 0))  # new epoch, new order
+
+
+def test_one_lr_schedule_warms_up_then_decays_to_zero():
+    """Issue 16: the single warm-up + cosine schedule every trainer uses (generation, Q-Former phases)."""
+    from lib.training import lr_factor
+
+    steps, warm = 100, 10
+    f = [lr_factor(s, steps, warm) for s in range(steps)]
+    assert f[0] == pytest.approx(0.1) and f[warm - 1] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(f[:warm - 1], f[1:warm]))          # rising during warm-up
+    assert all(a >= b for a, b in zip(f[warm:], f[warm + 1:]))          # never rising after it
+    assert f[-1] < 0.01 and lr_factor(steps, steps, warm) == pytest.approx(0.0)
+    assert lr_factor(50, steps, warm, "constant") == 1.0

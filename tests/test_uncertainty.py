@@ -1,11 +1,11 @@
-"""lib/uncertainty.py: bootstrap replicates, their pairing and the percentile interval."""
+"""lib/evaluation/uncertainty.py: bootstrap replicates, their pairing and the percentile interval."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lib import uncertainty as U
+from lib.evaluation import uncertainty as U
 from lib.io import AtelierInputError
 from lib.metrics.domain import frechet_distance
 

@@ -1,4 +1,4 @@
-"""UniFashion stage driver (lib/unifashion.py): settings, image selection, the four stages end to end on a
+"""UniFashion stage driver (lib/stages/unifashion.py): settings, image selection, the four stages end to end on a
 tiny dataset, the real Fashion-IQ loader on fixture files, table rows, caption attribute checks."""
 
 from __future__ import annotations
@@ -14,11 +14,16 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from lib import unifashion as U
-from lib import unifashion_eval as E
+import lib.config as lib_params
+import lib.evaluation.unifashion as unifashion_eval
+import lib.pipelines.unifashion as unifashion_parts
+import lib.store.unifashion as unifashion_store
+from lib import store
+from lib.evaluation import unifashion as E
 from lib.io import AtelierInputError
-from lib.paths import data_dir, repo_root
 from lib.retrieval.caption_decoder import tokenize_words
+from lib.stages import unifashion as U
+from lib.store import data_dir, repo_root
 
 torch.set_num_threads(1)
 
@@ -40,9 +45,9 @@ TINY_PROFILE = {"steps": {"phase1": 3, "captioner": 3, "generator": 3, "phase2":
 def _params_file(tmp_path, shared=None, per_profile=None):
     """The repository's params.yaml with the given ``retrieval`` blocks (every profile gets ``per_profile``)."""
     raw = yaml.safe_load((repo_root() / "params.yaml").read_text())
-    raw["retrieval"] = copy.deepcopy(TINY if shared is None else shared)
+    raw["unifashion"] = copy.deepcopy(TINY if shared is None else shared)
     for name in raw["profiles"]:
-        raw["profiles"][name]["retrieval"] = copy.deepcopy(TINY_PROFILE if per_profile is None else per_profile)
+        raw["profiles"][name]["unifashion"] = copy.deepcopy(TINY_PROFILE if per_profile is None else per_profile)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -53,10 +58,10 @@ def _params_file(tmp_path, shared=None, per_profile=None):
 # ------------------------------------------------------------------------------------------------
 def test_settings_read_through_lib_params_and_validate(tmp_path, monkeypatch):
     path = _params_file(tmp_path)
-    R = U.settings(U.load_params("smoke", path))
+    R = U.settings(lib_params.load_params("smoke", path))
     assert R["qformer"]["dim"] == 32 and R["steps"] == TINY_PROFILE["steps"]
-    monkeypatch.setenv(U.ENV_PARAMS, str(path))  # the notebooks' route to a test params file
-    assert U.settings(U.load_params("default")) == R
+    monkeypatch.setenv(lib_params.ENV_PARAMS, str(path))  # the notebooks' route to a test params file
+    assert U.settings(lib_params.load_params("default")) == R
     assert U.warmup_steps(R, 100) == 10 and U.warmup_steps(R, 3) == 1
 
     bad = copy.deepcopy(TINY)
@@ -65,25 +70,25 @@ def test_settings_read_through_lib_params_and_validate(tmp_path, monkeypatch):
     bad["colour"] = 1
     prof = {**TINY_PROFILE, "composed_queries": 0, "steps": {**TINY_PROFILE["steps"], "phase1": 0}}
     with pytest.raises(AtelierInputError) as err:
-        U.settings(U.load_params("smoke", _params_file(tmp_path, bad, prof)))
+        U.settings(lib_params.load_params("smoke", _params_file(tmp_path, bad, prof)))
     msg = str(err.value)
-    for part in ("retrieval.lr.phase2: missing", "retrieval.qformer.heads: must be an integer, got str",
-                 "retrieval.colour: unknown parameter", "retrieval.composed_queries: must be in [1,",
-                 "retrieval.steps.phase1: must be in [1,", "profile 'smoke'"):
+    for part in ("unifashion.lr.phase2: missing", "unifashion.qformer.heads: must be an integer, got str",
+                 "unifashion.colour: unknown parameter", "unifashion.composed_queries: must be in [1,",
+                 "unifashion.steps.phase1: must be in [1,", "profile 'smoke'"):
         assert part in msg, (part, msg)
     odd = {**copy.deepcopy(TINY), "image_size": 40}
     odd["qformer"]["heads"] = 3
     with pytest.raises(AtelierInputError, match=r"(?s)qformer\.dim: 32 must be divisible.*image_size: 40 must be a "
                                                 r"multiple of 16"):
-        U.settings(U.load_params("smoke", _params_file(tmp_path, odd)))
-    with pytest.raises(AtelierInputError, match="section 'retrieval' missing"):
+        U.settings(lib_params.load_params("smoke", _params_file(tmp_path, odd)))
+    with pytest.raises(AtelierInputError, match="section 'unifashion' missing"):
         U.settings({"profile": "smoke"})
 
 
 def test_repository_params_retrieval_section_validates_in_every_profile():
-    from lib import params
+    import lib.config as params
 
-    if "retrieval" not in params.read():
+    if "unifashion" not in params.read():
         pytest.skip("params.yaml has no retrieval section yet (see /work/notes/issue6_dvc_params.md)")
     for profile in params.PROFILES:
         R = U.settings(params.load(profile))
@@ -188,7 +193,8 @@ class HashEncoder:
 # the four stages end to end on a tiny dataset
 # ------------------------------------------------------------------------------------------------
 def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
-    from lib import generators
+    import lib.pipelines.generators as generator_pipe
+    import lib.store.generators as generator_store
     from lib.data.build import build_caption_dataset
     from lib.generation import TextFeatureTable
     from lib.metrics import captions as caption_metrics
@@ -197,18 +203,20 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     fmnist = data_dir() / "fashion-mnist"
     if not fmnist.is_dir():
         pytest.skip(f"{fmnist}: Fashion-MNIST not present (reproduce/run fetches it)")
-    build_caption_dataset(fmnist, U.caption_root(), max_per_split={"train": 300, "val": 40, "test": 100})
+    build_caption_dataset(fmnist, store.caption_root(), max_per_split={"train": 300, "val": 40, "test": 100})
     path = _params_file(tmp_path)
-    monkeypatch.setattr(U, "feature_extractor", lambda R: TinyExtractor())
-    monkeypatch.setattr(U, "modification_encoder", lambda R: HashEncoder(R["modification_max_length"]))
-    monkeypatch.setattr(U, "generation_backbone", tiny_backbone)
+    # the stage module and lib.pipelines.unifashion (where they live) both call them
+    for module in (U, unifashion_parts):
+        monkeypatch.setattr(module, "feature_extractor", lambda R: TinyExtractor())
+        monkeypatch.setattr(module, "modification_encoder", lambda R: HashEncoder(R["modification_max_length"]))
+        monkeypatch.setattr(module, "generation_backbone", tiny_backbone)
 
     def fake_text_table(progress=False):  # the text_features stage, with the hash encoder
-        texts, ids = caption_index(generators.load_captions())
-        table = TextFeatureTable.build(texts, generators.text_table_path(), encoder=HashEncoder(10), progress=False)
+        texts, ids = caption_index(generator_pipe.load_captions())
+        table = TextFeatureTable.build(texts, generator_store.text_table_path(), encoder=HashEncoder(10), progress=False)
         return table, {s: torch.from_numpy(v) for s, v in ids.items()}
 
-    monkeypatch.setattr(generators, "text_table", fake_text_table)
+    monkeypatch.setattr(unifashion_parts, "text_table", fake_text_table)  # read by Workspace.load
     with pytest.raises(AtelierInputError, match="run the unifashion_features stage first"):
         U.run("phase1", "smoke", path, progress=False)
     fake_text_table()
@@ -216,7 +224,7 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(caption_metrics.shutil, "which", lambda name: None)
 
     feats = U.run("features", "smoke", path, progress=False)
-    sel = json.loads(U.selection_path().read_text())
+    sel = json.loads(unifashion_store.selection_path().read_text())
     assert feats["images"]["train"] == 120 and feats["feature_shape"] == [16, 6]
     assert len(sel["names"]["test"]) == len(sel["rows"]["test"]) >= 100
     with pytest.raises(AtelierInputError, match="run the unifashion_generator stage first"):
@@ -224,7 +232,7 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
             U.run(phase, "smoke", path, progress=False)
     # the generator stage reads the backbone tokenizer's token cache (stage tokens@vq_gen), here of
     # the stand-in tokenizer; no checkpoint of vq_gen exists, so load() has nothing to check it against
-    from lib import tokens as TOK
+    from lib.stages import tokens as TOK
 
     with pytest.raises(AtelierInputError, match="no token cache for tokenizer 'vq_gen'"):
         U.run("generator", "smoke", path, progress=False)
@@ -233,34 +241,34 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
         m.setattr(PatchTokenizer, "tokenize", lambda self, x: pytest.fail("the generator stage tokenized images"))
         U.run("generator", "smoke", path, progress=False)
     U.run("phase2", "smoke", path, progress=False)
-    for phase in U.PHASES:
-        doc = json.loads(U.metrics_path(phase).read_text())
+    for phase in unifashion_store.PHASES:
+        doc = json.loads(unifashion_store.metrics_path(phase).read_text())
         assert doc["provenance"]["profile"] == "smoke" and doc["provenance"]["phase"] == phase
-    p1 = json.loads(U.metrics_path("phase1").read_text())["metrics"]
+    p1 = json.loads(unifashion_store.metrics_path("phase1").read_text())["metrics"]
     assert p1["steps"] == 3 and set(p1["cross_modal"]) >= {"image_to_text", "text_to_image", "mean_random100"}
-    assert [row["step"] for row in json.loads(U.loss_path("phase1").read_text())] == [1, 2, 3]
-    cap = json.loads(U.metrics_path("captioner").read_text())["metrics"]
+    assert [row["step"] for row in json.loads(unifashion_store.loss_path("phase1").read_text())] == [1, 2, 3]
+    cap = json.loads(unifashion_store.metrics_path("captioner").read_text())["metrics"]
     assert cap["heldout"]["BLEU-4"] is None and cap["heldout"]["num_images"] == 20
-    p2 = json.loads(U.metrics_path("phase2").read_text())["metrics"]
+    p2 = json.loads(unifashion_store.metrics_path("phase2").read_text())["metrics"]
     assert p2["full"]["itg_weight"] == 1.0 and p2["full"]["final"]["itg"] is not None
     assert p2["base"]["itg_weight"] == 0.0 and p2["base"]["final"]["itg"] is None
     assert p2["full"]["generation_weight"] == 1.0 and p2["full"]["final"]["q2i"] is not None
     assert p2["base"]["final"]["q2i"] is None
-    qg = json.loads(U.metrics_path("generator").read_text())["metrics"]
+    qg = json.loads(unifashion_store.metrics_path("generator").read_text())["metrics"]
     assert qg["steps"] == 3 and qg["train_images"] == 120 and qg["finetune_generator"] is True
     assert set(qg["heldout"]) >= {"acc_from_queries", "acc_null_condition"}
     assert set(p2["full"]["composed_summary"]) == {"full", "image only", "text only"}
-    assert U.loss_path("phase2", "base").is_file()
+    assert unifashion_store.loss_path("phase2", "base").is_file()
 
     # the checkpoints the notebooks load: phase 2 starts from phase 1, the base run differs from the full one
-    q1, q2, qb = U.load_trained("phase1"), U.load_trained("phase2"), U.load_trained("phase2", base=True)
+    q1, q2, qb = unifashion_parts.load_trained("phase1"), unifashion_parts.load_trained("phase2"), unifashion_parts.load_trained("phase2", base=True)
     assert q1.hparams == q2.hparams == qb.hparams
     assert not torch.equal(q2.query_tokens, qb.query_tokens) and not torch.equal(q1.query_tokens, q2.query_tokens)
-    decoder = U.load_trained("captioner")
+    decoder = unifashion_parts.load_trained("captioner")
     assert decoder.instructions and "fashiongen" in decoder.instructions
 
     # what the notebooks evaluate
-    ws = U.Workspace.load(U.load_params("smoke", path))
+    ws = unifashion_parts.Workspace.load(lib_params.load_params("smoke", path))
     cmr = ws.cmr_inputs()
     assert cmr["image_feats"].shape == (100, 16, 6) and len(cmr["texts"]) == 300
     assert torch.equal(cmr["text_image"][:6], torch.tensor([0, 0, 0, 1, 1, 1]))
@@ -306,7 +314,7 @@ def test_stages_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     assert inputs["categories"][:3] == list(cats) and len(inputs["texts"]) == 6
     assert inputs["target_ids"][0] == cats["dress"]["target_ids"][0]
     assert ws.arrays["test"]["names"][inputs["target_rows"][0]] == inputs["target_ids"][0]
-    qgen = U.load_trained("generator")
+    qgen = unifashion_parts.load_trained("generator")
     q_comp, q_ref = E.composed_queries(q2, inputs, "composed"), E.composed_queries(q2, inputs, "reference")
     assert q_comp.shape == q_ref.shape == (6, 4, 32) and not torch.allclose(q_comp, q_ref)
     out = E.generate_from_queries(qgen, tok := PatchTokenizer(), q_comp, {"maskgit_steps": 4}, 2.0, seed=0)
@@ -355,7 +363,7 @@ def test_real_fashioniq_loader_runs_composed_recall_matching_a_hand_computation(
     root = tmp_path / "fashion-iq"
     galleries, triplets = _write_fashioniq_fixture(root)
     extractor, encoder = TinyExtractor(), HashEncoder(8)
-    cats = U.real_fashioniq_inputs(root, "val", extractor, encoder.encode, image_size=32,
+    cats = unifashion_parts.real_fashioniq_inputs(root, "val", extractor, encoder.encode, image_size=32,
                                    categories=("dress", "shirt"))
     assert cats["dress"]["target_ids"] == ["B00D3", "B00D4", "B00D5"]  # the withheld-target triplet is dropped
     assert cats["dress"]["texts"][1] == "is shorter and is blue and plain"
@@ -417,14 +425,14 @@ def test_real_fashioniq_loader_runs_composed_recall_matching_a_hand_computation(
     assert res["summary"]["full"]["average"]["R@2"] == pytest.approx(
         (res["per_category"]["dress"]["full"]["R@2"] + res["per_category"]["shirt"]["full"]["R@2"]) / 2)
     with pytest.raises(AtelierInputError, match="category must be one of"):
-        U.real_fashioniq_inputs(root, "val", extractor, encoder.encode, categories=("skirt",))
+        unifashion_parts.real_fashioniq_inputs(root, "val", extractor, encoder.encode, categories=("skirt",))
 
 
 # ------------------------------------------------------------------------------------------------
 # table rows, caption attributes, frames
 # ------------------------------------------------------------------------------------------------
 def test_table_rows_use_the_paper_columns_and_percentages():
-    from lib.tables import load_paper_table
+    from lib.evaluation.tables import load_paper_table
 
     side = {"full": {"R@1": 0.5, "R@5": 0.75, "R@10": 1.0}, "random100": {"R@1": 0.25, "R@5": 0.5, "R@10": 0.75}}
     cmr = {"image_to_text": side, "text_to_image": side, "mean_full": 0.75, "mean_random100": 0.5}
@@ -470,12 +478,12 @@ def test_framed_marks_only_the_chosen_images():
 
 
 def test_composition_caption_ids_share_captions_within_a_composition():
-    ids = U.composition_caption_ids(np.array([5, 7, 5]), torch.tensor([[0, 1], [2, 3], [1, 4]]))
+    ids = unifashion_parts.composition_caption_ids(np.array([5, 7, 5]), torch.tensor([[0, 1], [2, 3], [1, 4]]))
     assert ids.tolist() == [[0, 1, 4], [2, 3, 2], [0, 1, 4]]
     arrays = {"category": np.array([3, 3]), "colour": np.array([0, 9]), "pattern": np.array([1, 1])}
-    assert U.composition_ids(arrays, np.array([0, 1])).tolist() == [301, 391]
+    assert unifashion_parts.composition_ids(arrays, np.array([0, 1])).tolist() == [301, 391]
     with pytest.raises(AtelierInputError, match="2 compositions for 3 caption rows"):
-        U.composition_caption_ids(np.array([1, 2]), torch.zeros(3, 2, dtype=torch.long))
+        unifashion_parts.composition_caption_ids(np.array([1, 2]), torch.zeros(3, 2, dtype=torch.long))
 
 
 def test_a_test_gallery_naming_a_train_image_is_refused_by_the_stage_command(tmp_path):
@@ -487,18 +495,18 @@ def test_a_test_gallery_naming_a_train_image_is_refused_by_the_stage_command(tmp
     import sys
 
     from lib.data.build import build_caption_dataset
-    from lib.paths import out_root
+    from lib.store import out_root
 
     fmnist = data_dir() / "fashion-mnist"
     if not fmnist.is_dir():
         pytest.skip(f"{fmnist}: Fashion-MNIST not present (reproduce/run fetches it)")
-    build_caption_dataset(fmnist, U.caption_root(), max_per_split={"train": 300, "val": 40, "test": 100})
-    fiq = U.caption_root() / "fashioniq"
+    build_caption_dataset(fmnist, store.caption_root(), max_per_split={"train": 300, "val": 40, "test": 100})
+    fiq = store.caption_root() / "fashioniq"
     train_ids = json.loads((fiq / "image_splits" / "split.dress.train.json").read_text())
     assert (fiq / "images" / f"{train_ids[0]}.png").is_file()  # the image exists: only its split is wrong
     gallery_file = fiq / "image_splits" / "split.dress.test.json"
     gallery_file.write_text(json.dumps(json.loads(gallery_file.read_text()) + [train_ids[0]]))
-    proc = subprocess.run([sys.executable, "-m", "lib.unifashion", "features", "--profile", "smoke",
+    proc = subprocess.run([sys.executable, "-m", "lib.stages.unifashion", "features", "--profile", "smoke",
                            "--params", str(_params_file(tmp_path))], cwd=repo_root(), capture_output=True,
                           text=True, timeout=300, env={**os.environ, "ATELIER_OUT": str(out_root())})
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -510,7 +518,7 @@ def test_a_test_gallery_naming_a_train_image_is_refused_by_the_stage_command(tmp
 def test_composed_replicates_resample_the_queries_paired_across_variants():
     """Table 5's "w/ cap" vs "w/o cap" ranks the same queries twice: its interval comes from
     resampling those queries, with the same draws for both rankings (issue 17)."""
-    from lib.unifashion_eval import composed_replicates
+    from lib.evaluation.unifashion import composed_replicates
 
     per_category = {"dress": {"w/o cap": {"ranks": [0, 20, 60, 5]}, "w/ cap": {"ranks": [0, 20, 60, 5]}},
                     "shirt": {"w/o cap": {"ranks": [100, 3]}, "w/ cap": {"ranks": [1, 3]}}}

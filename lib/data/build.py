@@ -29,14 +29,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
-from ..io import atomic_path, atomic_write_bytes, atomic_write_json
-from . import fashion_mnist
-from .attributes import CATEGORY_NAMES, COLOUR_NAMES, FASHIONIQ_CATEGORIES, PATTERN_NAMES
-from .captions import captions as draw_captions
-from .captions import relative_captions
-from .render import colourise
+from lib.data import fashion_mnist
+from lib.data.attributes import CATEGORY_NAMES, COLOUR_NAMES, FASHIONIQ_CATEGORIES, PATTERN_NAMES
+from lib.data.captions import captions as draw_captions, relative_captions
+from lib.data.render import colourise
+from lib.io import atomic_path, atomic_write_bytes, atomic_write_json
 
 N_CAT, N_COL, N_PAT = len(CATEGORY_NAMES), len(COLOUR_NAMES), len(PATTERN_NAMES)
 SPLITS = ("train", "val", "test")
@@ -154,8 +154,6 @@ def build_caption_dataset(
 
 
 def _write_fashioniq(rng, arrays, root: Path) -> dict:
-    from PIL import Image
-
     for sub in ("captions", "image_splits", "images"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     counts = {}

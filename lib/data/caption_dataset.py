@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 
-from ..io import AtelierInputError, read_json
-from .attributes import CATEGORY_NAMES, COLOUR_NAMES, PATTERN_NAMES
-from .fashioniq import MAX_CAPTION_CHARS
+from lib.data.attributes import CATEGORY_NAMES, COLOUR_NAMES, PATTERN_NAMES
+from lib.data.fashioniq import MAX_CAPTION_CHARS
+from lib.images import to_float
+from lib.io import AtelierInputError, read_json
 
 FIELDS = ("images", "category", "colour", "pattern", "heldout", "source_index", "names")
 #: attribute field -> number of classes (values must lie in [0, n))
@@ -101,14 +101,12 @@ class CaptionDataset:
         return len(self.arrays["images"])
 
     def __getitem__(self, i: int) -> dict:
-        import torch
-
         caps = self.captions[i]
         if self.caption_index is None:
             j = int(np.random.default_rng((self.seed, i)).integers(len(caps)))
         else:
             j = self.caption_index
-        image = torch.from_numpy(self.arrays["images"][i]).permute(2, 0, 1).float() / 127.5 - 1.0
+        image = to_float(self.arrays["images"][i:i + 1])[0]
         return {
             "image": image,
             "caption": caps[j],
@@ -121,6 +119,4 @@ class CaptionDataset:
 
     def images_tensor(self):
         """All images as float ``[N,3,32,32]`` in [-1, 1] (for fast in-memory training)."""
-        import torch
-
-        return torch.from_numpy(self.arrays["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return to_float(self.arrays["images"])

@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-from .attributes import CATEGORIES, COLOUR_NAMES, PATTERNS
+from lib.data.attributes import CATEGORIES, COLOUR_NAMES, PATTERNS
+from lib.io import AtelierInputError
 
 # Templates use {c} colour, {a} pattern adjective, {n} pattern noun phrase, {g} garment word.
 _PATTERNED = (
@@ -93,7 +94,7 @@ def relative_captions(rng: np.random.Generator, ref: tuple[int, int], tgt: tuple
     """
     (c0, p0), (c1, p1) = ref, tgt
     if (c0, p0) == (c1, p1):
-        raise ValueError("reference and target attributes are identical: nothing to describe")
+        raise AtelierInputError("reference and target attributes are identical: nothing to describe")
     out = []
     for _ in range(2):
         parts = []

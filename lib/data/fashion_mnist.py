@@ -12,6 +12,7 @@ sha256 of the *decompressed* idx files, which is identical whichever source they
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import math
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import AtelierInputError, atomic_path, sha256_file
+from lib.io import AtelierInputError, atomic_path, sha256_file
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -153,8 +154,6 @@ def load(root: str | Path, split: str, verify_checksums: bool = True) -> tuple[n
 
 
 def _main(argv: list[str] | None = None) -> None:
-    import argparse
-
     parser = argparse.ArgumentParser(description="Obtain and verify real Fashion-MNIST.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_fetch = sub.add_parser("fetch", help="decompress + verify into DEST (from the Debian package or the web)")

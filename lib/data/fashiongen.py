@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import AtelierInputError
+from lib.io import AtelierInputError
 
 REQUIRED = ("input_image", "input_description", "input_category", "input_productID")
 TEXT_FIELDS = ("input_description", "input_category", "input_subcategory")
@@ -31,6 +31,7 @@ class FashionGen:
     """Random access to a FashionGen HDF5 file; every required field is checked when opened."""
 
     def __init__(self, path: str | Path):
+        # heavy and optional: only a FashionGen source reads HDF5
         import h5py
 
         self.path = Path(path)

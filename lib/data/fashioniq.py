@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import AtelierInputError, read_json
+from PIL import Image, UnidentifiedImageError
+
+from lib.io import AtelierInputError, read_json
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("train", "val", "test")
@@ -111,8 +113,6 @@ class FashionIQ:
 
     def load_image(self, image_id: str, size: int | None = None):
         """The image as an RGB ``PIL.Image`` (optionally resized to ``size`` x ``size``)."""
-        from PIL import Image, UnidentifiedImageError
-
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise AtelierInputError(f"size must be a positive integer or None, got {size!r}")
         path = self.image_path(image_id)

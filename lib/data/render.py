@@ -10,10 +10,13 @@ yellow-on-white never makes a pattern vanish).
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
-from .attributes import COLOURS, PATTERNS
+from lib.config import DATA_IMAGE_SIZE
+from lib.data.attributes import COLOURS, PATTERNS
+from lib.io import AtelierInputError
 
-SIZE = 32
+SIZE = DATA_IMAGE_SIZE
 _PAD = (SIZE - 28) // 2
 
 
@@ -30,14 +33,12 @@ def pattern_masks(size: int = SIZE, scale: int = 1) -> np.ndarray:
         elif name == "checked":
             masks[p] = ((yy // 4) + (xx // 4)) % 2 == 0
         elif name != "plain":
-            raise ValueError(f"no drawing rule for pattern {name!r}")
+            raise AtelierInputError(f"no drawing rule for pattern {name!r}")
     return masks
 
 
 def _upsample_grey(grey: np.ndarray, scale: int) -> np.ndarray:
     """``[N, 28, 28]`` float in [0, 1] -> ``[N, 28 * scale, 28 * scale]`` (bilinear, PIL)."""
-    from PIL import Image
-
     side = 28 * scale
     return np.stack([np.asarray(Image.fromarray(g, mode="F").resize((side, side), Image.BILINEAR))
                      for g in grey]).clip(0.0, 1.0)
@@ -54,9 +55,9 @@ def colourise(grey: np.ndarray, colour: np.ndarray, pattern: np.ndarray, scale: 
     """
     grey = np.asarray(grey)
     if grey.ndim != 3 or grey.shape[1:] != (28, 28):
-        raise ValueError(f"grey images must be [N, 28, 28], got {grey.shape}")
+        raise AtelierInputError(f"grey images must be [N, 28, 28], got {grey.shape}")
     if int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        raise AtelierInputError(f"scale must be a positive integer, got {scale!r}")
     scale = int(scale)
     n, size, pad = grey.shape[0], SIZE * scale, _PAD * scale
     g = np.zeros((n, size, size), dtype=np.float32)

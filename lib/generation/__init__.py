@@ -16,13 +16,14 @@ entries; id K = [MASK]). Modules, one idea each:
 Sampling loops (MaskGIT, SMART, autoregressive) live in ``lib.sampling``.
 """
 
-from .autoregressive import ARTransformer, DecodeState
-from .conditioning import Condition, TextFeatureTable, class_text_table
-from .masking import (COMBINATION_PROBS_PRINTED, COMBINATION_PROBS_PROSE, COMBINATIONS, STRATEGIES, STRATEGY_PROBS,
+from lib.generation.autoregressive import ARTransformer, DecodeState
+from lib.generation.conditioning import Condition, TextFeatureTable, class_text_table
+from lib.generation.masking import (COMBINATION_PROBS_PRINTED, COMBINATION_PROBS_PROSE, COMBINATIONS, STRATEGIES, STRATEGY_PROBS,
                       boxes_to_grid, m6_mask, mask_rate, random_boxes, random_mask, sample_combinations,
                       sample_mask_rates, visual_crops)
-from .train import load_generator, lr_factor, train_autoregressive, train_masked
-from .transformer import ConditionCache, MaskedTokenTransformer, TransformerConfig, masked_token_accuracy, masked_token_loss
+from lib.generation.train import load_generator, train_autoregressive, train_masked
+from lib.training import lr_factor
+from lib.generation.transformer import ConditionCache, MaskedTokenTransformer, TransformerConfig, masked_token_accuracy, masked_token_loss
 
 __all__ = [
     "ARTransformer", "DecodeState", "Condition", "TextFeatureTable", "class_text_table",

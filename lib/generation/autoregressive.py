@@ -25,10 +25,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..io import AtelierInputError
-from .conditioning import Condition
-from .layers import Block, TextConditioner, init_weights
-from .transformer import TransformerConfig, _check_ids
+from lib.generation.conditioning import Condition
+from lib.generation.layers import Block, TextConditioner, init_weights
+from lib.generation.transformer import TransformerConfig, check_ids
+from lib.io import AtelierInputError
 
 
 @dataclass
@@ -128,7 +128,7 @@ class ARTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         c = self.config
         batch = tokens.shape[0] if tokens.dim() == 3 else -1
-        _check_ids("tokens", tokens, (batch, c.num_positions, c.channels), c.codebook_size)
+        check_ids("tokens", tokens, (batch, c.num_positions, c.channels), c.codebook_size)
         memory, memory_mask = self._memory(cond, batch)
         x = self.drop(self._inputs(tokens.reshape(batch, -1)[:, :-1]))
         for block in self.blocks:
@@ -181,7 +181,7 @@ class ARTransformer(nn.Module):
         if state.logits is None and state.use_cache:
             self.next_logits(state)  # the cache must hold input slot t before slot t+1 arrives
         token = torch.as_tensor(token, device=state.device)
-        _check_ids("token", token, (state.batch,), self.config.codebook_size)
+        check_ids("token", token, (state.batch,), self.config.codebook_size)
         state.tokens = torch.cat([state.tokens, token[:, None]], 1)
         state.logits = None
         return state

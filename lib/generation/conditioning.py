@@ -25,7 +25,8 @@ from typing import Sequence
 
 import torch
 
-from ..io import AtelierInputError, load_checkpoint, save_checkpoint
+from lib.io import AtelierInputError, load_checkpoint, save_checkpoint
+from lib.text.encoder import NAME, shared_encoder, weights_sha256
 
 _FIELDS = ("text_tokens", "text_mask", "drop", "visual_tokens", "visual_positions", "visual_valid",
            "visual_segment", "low_res_tokens")
@@ -193,8 +194,6 @@ class TextFeatureTable:
             raise AtelierInputError("TextFeatureTable.build: texts must be a non-empty list of strings")
         cache_path = Path(cache_path)
         if encoder is None:
-            from ..text.encoder import NAME, shared_encoder, weights_sha256
-
             encoder, name, sha = shared_encoder(), NAME, weights_sha256
         else:
             name, sha = f"custom:{type(encoder).__name__}", (lambda: "")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io import AtelierInputError
+from lib.io import AtelierInputError
 
 
 class Attention(nn.Module):
@@ -41,10 +41,15 @@ class Attention(nn.Module):
         return self._split(k), self._split(v)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
-                causal: bool = False, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                causal: bool = False, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_mask`` ``[B, S]`` (True = attend to that key) or a full ``attn_mask`` broadcastable to
+        ``[B, heads, N, S]`` (the Q-Former's unimodal / bidirectional / causal masks), not both."""
+        if key_mask is not None and attn_mask is not None:
+            raise AtelierInputError("Attention: pass key_mask or attn_mask, not both")
         q = self._split(self.q(x))
         k, v = kv if kv is not None else self.keys_values(x if context is None else context)
-        mask = key_mask[:, None, None, :] if key_mask is not None else None
+        mask = key_mask[:, None, None, :] if key_mask is not None else attn_mask
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         b, h, s, hd = o.shape

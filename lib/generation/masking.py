@@ -19,11 +19,12 @@ can seed each step from its step number (exact resume, :mod:`lib.training`).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..io import AtelierInputError
+from lib.io import AtelierInputError
+from lib.sampling.mask_schedule import MASK_SCHEDULES
 
 #: M6-Fashion Sec. 3.3 masking strategies, in the paper's order, and their probabilities.
 STRATEGIES = ("random", "all", "inside_boxes", "outside_boxes")
@@ -37,7 +38,7 @@ COMBINATIONS = ("visual_text", "visual", "text", "none")
 #: our default; the printed order stays available.
 COMBINATION_PROBS_PROSE = (0.20, 0.20, 0.55, 0.05)
 COMBINATION_PROBS_PRINTED = (0.20, 0.55, 0.20, 0.05)
-#: params.yaml's ``condition_mixture`` names (lib.params.CONDITION_MIXTURES) -> probabilities.
+#: params.yaml's ``condition_mixture`` names (lib.config.CONDITION_MIXTURES) -> probabilities.
 COMBINATION_READINGS = {"prose": COMBINATION_PROBS_PROSE, "printed": COMBINATION_PROBS_PRINTED}
 _HAS_VISUAL = (True, True, False, False)
 _HAS_TEXT = (True, False, True, False)
@@ -61,7 +62,7 @@ def mask_rate(u: torch.Tensor) -> torch.Tensor:
     P(r <= x) = 2/pi * arcsin(x). At sampling time the same function of the step fraction gives the
     share of entries still masked.
     """
-    return torch.cos(0.5 * math.pi * u)
+    return MASK_SCHEDULES["cosine"](u)
 
 
 def sample_mask_rates(batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -216,3 +217,8 @@ def visual_crops(tokens: torch.Tensor, height: int, width: int, generator: torch
     gathered = tokens.gather(1, positions[..., None].expand(batch, max_tokens, channels))
     visual = torch.where(valid[..., None], gathered, torch.zeros_like(gathered))
     return visual, positions, valid, segment
+
+
+def condition_mixture(entry: Mapping[str, Any]) -> tuple[float, ...]:
+    """The {v,t}, {v}, {t}, {} probabilities an m6 entry's ``condition_mixture`` names (M6-Fashion Sec. 3.3)."""
+    return COMBINATION_READINGS[entry["condition_mixture"]]

@@ -20,19 +20,30 @@ and resumed gives the same weights as one uninterrupted run.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..io import AtelierInputError, load_checkpoint, load_model_state
-from ..training import ResumableTrainer, batch_indices, step_seed
-from .autoregressive import ARTransformer
-from .conditioning import Condition, TextFeatureTable
-from .masking import COMBINATION_PROBS_PROSE, STRATEGY_PROBS, m6_mask, random_mask, sample_combinations, visual_crops
-from .transformer import MaskedTokenTransformer, TransformerConfig, masked_token_accuracy, masked_token_loss
+from lib.generation.autoregressive import ARTransformer
+from lib.generation.conditioning import Condition, TextFeatureTable
+from lib.generation.masking import (
+    COMBINATION_PROBS_PROSE,
+    STRATEGY_PROBS,
+    m6_mask,
+    random_mask,
+    sample_combinations,
+    visual_crops,
+)
+from lib.generation.transformer import (
+    MaskedTokenTransformer,
+    TransformerConfig,
+    masked_token_accuracy,
+    masked_token_loss,
+)
+from lib.io import AtelierInputError, load_checkpoint, load_model_state
+from lib.training import ResumableTrainer, batch_indices, lr_factor, set_lr, step_seed
 
 OBJECTIVES = ("muse", "m6")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -42,19 +53,7 @@ class _Pause(Exception):
     """Raised inside a step to stop at ``stop_after`` (the checkpoint is then written)."""
 
 
-def lr_factor(step: int, steps: int, warmup_steps: int, schedule: str = "cosine") -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then ``schedule`` to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1.0 - progress
-    return 1.0
-
-
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     # Weight decay on matrices only: decaying norms' gains and biases only shrinks them towards 0.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
@@ -62,7 +61,7 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
                              lr=lr, betas=(0.9, 0.96))
 
 
-class _Setup:
+class TrainingSetup:
     """Validated inputs and the per-step pieces shared by both training functions."""
 
     def __init__(self, model, tokens, *, steps, batch_size, seed, caption_ids, text_table, class_ids,
@@ -138,29 +137,28 @@ class _Setup:
         return cond
 
 
-def _run(model, setup: _Setup, ckpt_path, objective: str, step_core: Callable, *, steps, lr, seed, weight_decay,
+def _run(model, setup: TrainingSetup, ckpt_path, objective: str, step_core: Callable, *, steps, lr, seed, weight_decay,
          warmup_steps, schedule, ckpt_every, stop_after, amp, progress, desc) -> list[dict[str, float]]:
     if schedule not in SCHEDULES:
         raise AtelierInputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     warmup = max(1, steps // 20) if warmup_steps is None else int(warmup_steps)
     if warmup < 0:
         raise AtelierInputError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    opt = _optimizer(model, lr, weight_decay)
+    opt = make_optimizer(model, lr, weight_decay)
     use_amp = (setup.device.type == "cuda") if amp is None else bool(amp)
 
     def step_fn(step: int) -> dict[str, float]:
         if stop_after is not None and step >= stop_after:
             raise _Pause
-        factor = lr_factor(step, steps, warmup, schedule)
-        for group in opt.param_groups:
-            group["lr"] = lr * factor
+        step_lr = lr * lr_factor(step, steps, warmup, schedule)
+        set_lr(opt, step_lr)
         with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss, logs = step_core(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return {"loss": loss.item(), **{k: float(v) for k, v in logs.items()}, "lr": lr * factor,
+        return {"loss": loss.item(), **{k: float(v) for k, v in logs.items()}, "lr": step_lr,
                 "grad_norm": float(grad_norm)}
 
     arch = {**model.arch, "objective": objective}
@@ -199,7 +197,7 @@ def train_masked(model: MaskedTokenTransformer, tokens: torch.Tensor, ckpt_path:
         raise AtelierInputError(f"train_masked needs a MaskedTokenTransformer, got {type(model).__name__}")
     if mode not in OBJECTIVES:
         raise AtelierInputError(f"mode must be one of {OBJECTIVES}, got {mode!r}")
-    setup = _Setup(model, tokens, steps=steps, batch_size=batch_size, seed=seed, caption_ids=caption_ids,
+    setup = TrainingSetup(model, tokens, steps=steps, batch_size=batch_size, seed=seed, caption_ids=caption_ids,
                    text_table=text_table, class_ids=class_ids, low_res_tokens=low_res_tokens, cond_drop=cond_drop)
     cfg, device = setup.cfg, setup.device
     with_visual = mode == "m6" and cfg.max_visual_tokens > 0
@@ -245,7 +243,7 @@ def train_autoregressive(model: ARTransformer, tokens: torch.Tensor, ckpt_path: 
     """
     if not isinstance(model, ARTransformer):
         raise AtelierInputError(f"train_autoregressive needs an ARTransformer, got {type(model).__name__}")
-    setup = _Setup(model, tokens, steps=steps, batch_size=batch_size, seed=seed, caption_ids=caption_ids,
+    setup = TrainingSetup(model, tokens, steps=steps, batch_size=batch_size, seed=seed, caption_ids=caption_ids,
                    text_table=text_table, class_ids=class_ids, cond_drop=cond_drop)
     cfg = setup.cfg
 

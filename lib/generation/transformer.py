@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io import AtelierInputError
-from .conditioning import Condition
-from .layers import Block, TextConditioner, init_weights
+from lib.generation.conditioning import Condition
+from lib.generation.layers import Block, TextConditioner, init_weights
+from lib.io import AtelierInputError
 
 TEXT_MODES = ("none", "cross_attention", "in_sequence")
 CHANNEL_EMBEDDINGS = ("shared", "sum", "concat")
@@ -168,7 +168,7 @@ class GridPosition(nn.Module):
         return self.row(positions // self.width) + self.col(positions % self.width)
 
 
-def _check_ids(name: str, ids: torch.Tensor, shape: tuple, high: int) -> None:
+def check_ids(name: str, ids: torch.Tensor, shape: tuple, high: int) -> None:
     if ids.dtype != torch.long or tuple(ids.shape) != shape:
         raise AtelierInputError(f"{name} must be long {list(shape)}, got {ids.dtype} {list(ids.shape)}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= high):
@@ -228,8 +228,8 @@ class MaskedTokenTransformer(nn.Module):
         lv = vis.shape[1] if vis.dim() == 3 else -1
         if lv > c.max_visual_tokens:
             raise AtelierInputError(f"cond.visual_tokens: {lv} tokens, the model takes at most {c.max_visual_tokens}")
-        _check_ids("cond.visual_tokens", vis, (batch, lv, c.channels), c.codebook_size)
-        _check_ids("cond.visual_positions", cond.visual_positions, (batch, lv), c.num_positions)
+        check_ids("cond.visual_tokens", vis, (batch, lv, c.channels), c.codebook_size)
+        check_ids("cond.visual_positions", cond.visual_positions, (batch, lv), c.num_positions)
         device = vis.device
         valid = cond.visual_valid
         if valid is None:
@@ -238,7 +238,7 @@ class MaskedTokenTransformer(nn.Module):
         if valid.shape != (batch, lv) or valid.dtype != torch.bool:
             raise AtelierInputError(f"cond.visual_valid must be [B, Lv]={batch, lv} bool, "
                                     f"got {tuple(valid.shape)} {valid.dtype}")
-        _check_ids("cond.visual_segment", segment, (batch, lv), c.max_visual_crops)
+        check_ids("cond.visual_segment", segment, (batch, lv), c.max_visual_crops)
         x = self.embed(vis) + self.pos(cond.visual_positions) + self.segment(segment)
         # [SEP] k sits between crop k-1 and crop k: present iff crop k is; [EOV] iff any crop is.
         ks = torch.arange(1, c.max_visual_crops, device=device)
@@ -255,7 +255,7 @@ class MaskedTokenTransformer(nn.Module):
         if low is None:
             raise AtelierInputError("cond.low_res_tokens are required: this is a super-resolution model "
                                     f"(low_res={self.config.low_res})")
-        _check_ids("cond.low_res_tokens", low, (batch, lh * lw, lc), lk)
+        check_ids("cond.low_res_tokens", low, (batch, lh * lw, lc), lk)
         x = self.low_embed(low) + self.low_pos(torch.arange(lh * lw, device=low.device))
         return x, torch.ones(batch, lh * lw, dtype=torch.bool, device=low.device)
 
@@ -274,7 +274,7 @@ class MaskedTokenTransformer(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
     # Where the low-res tokens of a super-resolution model go (Muse Sec. 2.4): here in the
-    # self-attention sequence; lib.super_res_model's Fig. 4 form moves them into the memory.
+    # self-attention sequence; lib.generation.super_res's Fig. 4 form moves them into the memory.
     low_res_in_sequence = True
 
     def extra_memory(self, cond: Condition | None, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -327,7 +327,7 @@ class MaskedTokenTransformer(nn.Module):
         replaces ``cond``'s embedding."""
         c = self.config
         batch = tokens.shape[0] if tokens.dim() == 3 else -1
-        _check_ids("tokens", tokens, (batch, c.num_positions, c.channels), c.codebook_size + 1)
+        check_ids("tokens", tokens, (batch, c.num_positions, c.channels), c.codebook_size + 1)
         if cache is None:
             cache = self.encode_condition(cond, batch)
         elif not isinstance(cache, ConditionCache) or cache.batch != batch:

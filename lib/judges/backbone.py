@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lib.images import to_float
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
@@ -33,5 +35,4 @@ class ConvEncoder(nn.Module):
 
 def images_to_tensor(images_uint8, device: str | torch.device = "cpu") -> torch.Tensor:
     """``[N,32,32,3]`` uint8 numpy -> float ``[N,3,32,32]`` in [-1, 1] on ``device``."""
-    x = torch.as_tensor(images_uint8, device=device)
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_float(torch.as_tensor(images_uint8, device=device))

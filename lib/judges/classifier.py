@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.attributes import CATEGORY_NAMES, COLOUR_NAMES, PATTERN_NAMES
-from ..training import ResumableTrainer, arch_of, batch_indices, load_model_weights
-from .backbone import ConvEncoder, images_to_tensor
+from lib.data.attributes import CATEGORY_NAMES, COLOUR_NAMES, PATTERN_NAMES
+from lib.judges.backbone import ConvEncoder, images_to_tensor
+from lib.training import ResumableTrainer, arch_of, batch_indices, load_model_weights, lr_factor, set_lr
 
 HEADS = {"category": len(CATEGORY_NAMES), "colour": len(COLOUR_NAMES), "pattern": len(PATTERN_NAMES)}
 
@@ -57,12 +57,10 @@ def train_classifier(train: dict, ckpt_path: str | Path, *, steps: int, batch_si
     torch.manual_seed(seed)
     model = DomainClassifier(width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * s / steps))  # noqa: E731 (warm-up + cosine)
     labels = {k: torch.as_tensor(train[k]) for k in HEADS}
 
     def step_fn(step: int) -> dict:
-        for group in opt.param_groups:
-            group["lr"] = lr * sched(step)
+        set_lr(opt, lr * lr_factor(step, steps, min(50, steps)))
         idx = batch_indices(len(train["images"]), batch_size, step, seed)
         x = images_to_tensor(train["images"][idx], device)
         # Small random translations: generated images are not pixel-aligned with the training set.

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training import ResumableTrainer, arch_of, batch_indices, load_model_weights
-from .backbone import ConvEncoder, images_to_tensor
+from lib.io import AtelierInputError
+from lib.judges.backbone import ConvEncoder, images_to_tensor
+from lib.text.encoder import shared_encoder
+from lib.training import ResumableTrainer, arch_of, batch_indices, load_model_weights, lr_factor, set_lr
 
 TEXT_DIM = 384  # MiniLM sentence embedding
 
@@ -66,8 +68,7 @@ def train_judge(train: dict, caption_ids: np.ndarray, text_table: torch.Tensor, 
     n_caps = caption_ids.shape[1]
 
     def step_fn(step: int) -> dict:
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        set_lr(opt, lr * lr_factor(step, steps, min(50, steps)))
         idx = batch_indices(len(train["images"]), batch_size, step, seed)
         pick = torch.randint(n_caps, (len(idx),)).numpy()
         text = text_table[caption_ids[idx, pick]].to(device)
@@ -131,11 +132,9 @@ def judge_scorer(judge: ContrastiveJudge) -> Callable:
     :func:`open_clip_scorer` this gives one interface, so tables call :func:`clip_score_texts`
     the same way whichever network scores them.
     """
-    from ..text.encoder import shared_encoder
-
     def score(images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         if len(images) != len(texts):
-            raise ValueError(f"clip score: {len(images)} images but {len(texts)} texts")
+            raise AtelierInputError(f"clip score: {len(images)} images but {len(texts)} texts")
         return clip_score(judge, images, shared_encoder().encode(list(texts))["pooled"])
 
     score.network = "in-domain contrastive judge (own conv encoder + frozen all-MiniLM-L6-v2)"
@@ -154,6 +153,7 @@ def open_clip_scorer(model_name: str, checkpoint: str | Path, device: str = "cpu
 
     Returns ``score(images [-1,1] [N,3,H,W], texts: list[str]) -> cosine [N]``.
     """
+    # optional: only a local CLIP checkpoint for CLIP-score needs open_clip
     import open_clip
 
     checkpoint = Path(checkpoint)

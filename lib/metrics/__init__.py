@@ -11,8 +11,8 @@ Importing this package is cheap: torch-fidelity, torchmetrics, scipy and pycocoe
 inside the functions that need them.
 """
 
-from .captions import JavaNotFoundError, caption_scores, ptb_tokenize
-from .domain import (
+from lib.metrics.captions import JavaNotFoundError, caption_scores, ptb_tokenize
+from lib.metrics.domain import (
     attribute_accuracy,
     classifier_score,
     classifier_score_splits,
@@ -23,7 +23,7 @@ from .domain import (
     kid,
     precision_recall,
 )
-from .image_quality import (
+from lib.metrics.image_quality import (
     ReferenceStats,
     fid_kid,
     fid_kid_from_features,
@@ -31,7 +31,7 @@ from .image_quality import (
     load_reference_stats,
     reference_stats,
 )
-from .inception import (
+from lib.metrics.inception import (
     FEATURE_NETWORK,
     InceptionScoreUnavailableError,
     full_inception_weights_path,
@@ -39,8 +39,8 @@ from .inception import (
     inception_weights_path,
     inception_weights_sha256,
 )
-from .reconstruction import codebook_stats, psnr, ssim
-from .retrieval import (
+from lib.metrics.reconstruction import codebook_stats, psnr, ssim
+from lib.metrics.retrieval import (
     fashioniq_recall,
     fashioniq_summary,
     recall_at_k,

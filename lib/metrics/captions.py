@@ -22,7 +22,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..io import AtelierInputError
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer import ptbtokenizer
+
+from lib.io import AtelierInputError
 
 METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -51,8 +57,6 @@ def implementation() -> str:
 
 def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
     """PTB-tokenise ``{id: [captions]}`` exactly as pycocoevalcap's ``PTBTokenizer`` does."""
-    from pycocoevalcap.tokenizer import ptbtokenizer
-
     java = _require_java()
     jar_dir = Path(ptbtokenizer.__file__).resolve().parent
     ids = [key for key, caps in captions.items() for _ in caps]
@@ -104,25 +108,17 @@ def caption_scores(references: Mapping[Any, Sequence[str]], candidates: Mapping[
     res = ptb_tokenize(cands)
     out: dict[str, Any] = {}
     if "BLEU-4" in metrics:
-        from pycocoevalcap.bleu.bleu import Bleu
-
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         out.update({f"BLEU-{i + 1}": float(b) for i, b in enumerate(bleu)})
     if "METEOR" in metrics:
-        from pycocoevalcap.meteor.meteor import Meteor
-
         scorer = Meteor()
         try:
             out["METEOR"] = float(scorer.compute_score(gts, res)[0])
         finally:
             del scorer  # its __del__ stops the Java subprocess now rather than at exit
     if "ROUGE-L" in metrics:
-        from pycocoevalcap.rouge.rouge import Rouge
-
         out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     if "CIDEr" in metrics:
-        from pycocoevalcap.cider.cider import Cider
-
         out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     out.update(implementation=implementation(), num_samples=len(cands))
     return out

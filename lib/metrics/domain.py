@@ -14,8 +14,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy import linalg
+from tqdm.auto import tqdm
 
-from ..io import AtelierInputError
+from lib.io import AtelierInputError
 
 
 def _as_2d_float64(x: Any, name: str) -> np.ndarray:
@@ -40,8 +42,6 @@ def features_from(extractor: Callable[[torch.Tensor], torch.Tensor], data: torch
 
     ``data`` is a tensor (split into ``batch_size`` chunks) or an iterable of batches.
     """
-    from tqdm.auto import tqdm
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     batches = (data[i:i + batch_size] for i in range(0, data.shape[0], batch_size)) if torch.is_tensor(data) else data
     total = data.shape[0] if torch.is_tensor(data) else None
@@ -74,8 +74,6 @@ def frechet_distance_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.nda
     torch-fidelity does implicitly. With fewer samples than dimensions the covariances are singular
     and the value is biased upwards: compare FIDs only at equal sample counts.
     """
-    from scipy import linalg
-
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):

@@ -35,10 +35,9 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..io import AtelierInputError, atomic_path
-from ..paths import out_root
-from . import domain
-from .inception import (
+from lib.io import AtelierInputError, atomic_path
+from lib.metrics import domain
+from lib.metrics.inception import (
     FEATURE_DIM,
     FEATURE_NETWORK,
     as_uint8_images,
@@ -49,6 +48,7 @@ from .inception import (
     safe_state_dict,
     weights_sha256_for,
 )
+from lib.store import out_root
 
 FEATURE_LAYER = "2048 (pool_3)"
 ATELIER_IMPLEMENTATION = (
@@ -238,6 +238,7 @@ class _UInt8Dataset(torch.utils.data.Dataset):
 def _fid_kid_torch_fidelity(generated: torch.Tensor, reference: torch.Tensor, *, kid_subsets: int,
                             kid_subset_size: int, prc: bool, prc_k: int, seed: int, batch_size: int,
                             device: str, weights_path, progress: bool) -> dict:
+    # heavy (torchvision, scipy): imported only when FID/KID or IS is computed
     import torch_fidelity
 
     if not (torch.is_tensor(generated) and torch.is_tensor(reference)):
@@ -334,6 +335,7 @@ def inception_score(images: torch.Tensor, *, splits: int = 10, seed: int = 2020,
     "num_samples"}``.
     """
     full = full_inception_weights_path()  # raises with the reason when unavailable
+    # heavy (torchvision, scipy): imported only when FID/KID or IS is computed
     import torch_fidelity
 
     device = device or default_device()

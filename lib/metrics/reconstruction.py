@@ -11,8 +11,9 @@ import math
 from typing import Any
 
 import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..io import AtelierInputError
+from lib.io import AtelierInputError
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,8 +40,6 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> t
     would weight images differently. Identical images give ``inf``. ``reduction="none"`` returns
     the per-image tensor.
     """
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
     pred, target = _check_pair(pred, target, "psnr")
     per_image = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
     if reduction == "none":
@@ -51,8 +50,6 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> t
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Structural similarity (Wang et al., 2004) via torchmetrics: Gaussian window 11, sigma 1.5,
     k1=0.01, k2=0.03, data range 1, averaged over images. Needs H, W >= 11."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
     pred, target = _check_pair(pred, target, "ssim")
     if min(pred.shape[-2:]) < 11:
         raise AtelierInputError(f"ssim: images of {tuple(pred.shape[-2:])} are smaller than the 11x11 window")

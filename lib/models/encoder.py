@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import Downsample, ResBlock, group_norm, resolve_downsample
+from lib.io import AtelierInputError
+from lib.models.blocks import Downsample, ResBlock, group_norm, resolve_downsample
 
 
 class Encoder(nn.Module):
@@ -70,7 +71,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.downsample_factor
         if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(f"Encoder input {tuple(x.shape[-2:])} is not divisible by its factor {f}")
+            raise AtelierInputError(f"Encoder input {tuple(x.shape[-2:])} is not divisible by its factor {f}")
         h = self.conv_in(x)
         for level in self.levels:
             for block in level.blocks:

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import EfficientNetLite0Features, efficientnet_lite0_features
-from .blocks import num_groups
-
+from lib.io import AtelierInputError
+from lib.models.backbones import EfficientNetLite0Features, efficientnet_lite0_features
+from lib.models.blocks import num_groups
 
 # --- reconstruction ------------------------------------------------------------------------------
 
@@ -40,7 +40,7 @@ def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "l1") 
         return (x_hat - x).abs().mean()
     if kind == "l2":
         return (x_hat - x).pow(2).mean()
-    raise ValueError(f"kind must be 'l1' or 'l2', got {kind!r}")
+    raise AtelierInputError(f"kind must be 'l1' or 'l2', got {kind!r}")
 
 
 def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -90,10 +90,10 @@ class PerceptualLoss(nn.Module):
     ) -> None:
         super().__init__()
         if reduction not in ("mean", "none"):
-            raise ValueError("reduction must be 'mean' or 'none'")
+            raise AtelierInputError("reduction must be 'mean' or 'none'")
         self.backbone = backbone or efficientnet_lite0_features(pretrained=pretrained, out_indices=tuple(layers))
         if tuple(self.backbone.out_indices) != tuple(layers):
-            raise ValueError(f"backbone returns stages {self.backbone.out_indices}, loss wants {tuple(layers)}")
+            raise AtelierInputError(f"backbone returns stages {self.backbone.out_indices}, loss wants {tuple(layers)}")
         self.resize, self.reduction = resize, reduction
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if x_hat.shape != x.shape:
-            raise ValueError(f"shape mismatch {tuple(x_hat.shape)} vs {tuple(x.shape)}")
+            raise AtelierInputError(f"shape mismatch {tuple(x_hat.shape)} vs {tuple(x.shape)}")
         # One backbone pass for both images halves the Python/kernel overhead on CPU.
         feats = self.backbone(torch.cat([self._prep(x_hat), self._prep(x)], dim=0))
         b = x.shape[0]
@@ -133,7 +133,7 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, in_ch: int = 3, ndf: int = 32, n_layers: int = 2, norm: str = "batch") -> None:
         super().__init__()
         if norm not in ("batch", "group", "none"):
-            raise ValueError("norm must be 'batch', 'group' or 'none'")
+            raise AtelierInputError("norm must be 'batch', 'group' or 'none'")
 
         def norm_layer(c: int) -> nn.Module:
             if norm == "batch":

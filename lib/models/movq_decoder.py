@@ -24,8 +24,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .blocks import NormFactory, group_norm, num_groups, resize_like, sinusoidal_position_encoding
-from .decoder import Decoder
+from lib.io import AtelierInputError
+from lib.models.blocks import NormFactory, group_norm, num_groups, resize_like, sinusoidal_position_encoding
+from lib.models.decoder import Decoder
 
 INITIAL_FEATURES = ("quantized", "sinusoidal", "learned_constant", "fourier", "fourier_position")
 
@@ -106,9 +107,9 @@ class MoVQDecoder(Decoder):
         fourier_scale: float = 1.0,
     ) -> None:
         if initial_features not in INITIAL_FEATURES:
-            raise ValueError(f"initial_features must be one of {INITIAL_FEATURES}, got {initial_features!r}")
+            raise AtelierInputError(f"initial_features must be one of {INITIAL_FEATURES}, got {initial_features!r}")
         if num_scn_blocks is not None and num_scn_blocks < 1:
-            raise ValueError("num_scn_blocks must be >= 1 (or None for all blocks)")
+            raise AtelierInputError("num_scn_blocks must be >= 1 (or None for all blocks)")
         # Plain attributes read by the construction hooks, which Decoder.__init__ calls.
         self.initial_feature_kind = initial_features
         self.num_scn_blocks = num_scn_blocks

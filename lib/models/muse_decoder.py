@@ -16,9 +16,10 @@ from typing import Any, Iterable, Optional
 
 from torch import nn
 
-from .decoder import Decoder
-from .movq_decoder import MoVQDecoder
-from .style_decoder import StyleDecoder
+from lib.io import AtelierInputError
+from lib.models.decoder import Decoder
+from lib.models.movq_decoder import MoVQDecoder
+from lib.models.style_decoder import StyleDecoder
 
 _CONFIG_KEYS = {
     Decoder: ("out_ch", "ch", "ch_mult", "num_res_blocks", "z_dim", "downsample_factor"),
@@ -65,7 +66,7 @@ def build_muse_decoder(
     cfg.update(overrides)
     new = type(base)(**cfg)
     if (new.z_dim, new.downsample_factor) != (base.z_dim, base.downsample_factor):
-        raise ValueError(
+        raise AtelierInputError(
             f"a fine-tuned decoder must keep the frozen tokenizer's z_dim/factor "
             f"{(base.z_dim, base.downsample_factor)}, got {(new.z_dim, new.downsample_factor)}"
         )

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import ResBlock, Upsample, num_groups, resize_like, resolve_downsample
+from lib.io import AtelierInputError
+from lib.models.blocks import ResBlock, Upsample, num_groups, resize_like, resolve_downsample
 
 NORMS = ("pixel", "instance", "group")
 
@@ -56,7 +57,7 @@ def _make_plain_norm(kind: str, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels, affine=False, eps=1e-6)
     if kind == "group":
         return nn.GroupNorm(num_groups(channels), channels, affine=False, eps=1e-6)
-    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+    raise AtelierInputError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
 class SpatialModulation(nn.Module):
@@ -123,9 +124,9 @@ class StyleDecoder(nn.Module):
     ) -> None:
         super().__init__()
         if start not in ("constant", "coarse"):
-            raise ValueError(f"start must be 'constant' or 'coarse', got {start!r}")
+            raise AtelierInputError(f"start must be 'constant' or 'coarse', got {start!r}")
         if resizer not in ("learned", "nearest"):
-            raise ValueError(f"resizer must be 'learned' or 'nearest', got {resizer!r}")
+            raise AtelierInputError(f"resizer must be 'learned' or 'nearest', got {resizer!r}")
         _make_plain_norm(norm, 8)  # validate early with a clear message
         ch_mult = tuple(int(m) for m in ch_mult)
         self.out_ch, self.ch, self.ch_mult, self.num_res_blocks = out_ch, ch, ch_mult, num_res_blocks
@@ -191,7 +192,7 @@ class StyleDecoder(nn.Module):
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
         if z_q.dim() != 4 or z_q.shape[1] != self.z_dim:
-            raise ValueError(f"StyleDecoder expects [B, {self.z_dim}, h, w], got {tuple(z_q.shape)}")
+            raise AtelierInputError(f"StyleDecoder expects [B, {self.z_dim}, h, w], got {tuple(z_q.shape)}")
         b, _, h, w = z_q.shape
         styles = self.stylemaps(z_q)
         if self.start == "constant":

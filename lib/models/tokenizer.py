@@ -21,14 +21,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quantizers import build_quantizer
-from ..training import ResumableTrainer, batch_indices, load_model_weights
-from .decoder import Decoder
-from .encoder import Encoder
-from .losses import (PatchDiscriminator, PerceptualLoss, adaptive_weight, disc_factor, hinge_d_loss, hinge_g_loss,
-                     psnr)
-from .movq_decoder import MoVQDecoder
-from .style_decoder import StyleDecoder
+from lib.io import AtelierInputError, checkpoint_meta
+from lib.models.decoder import Decoder
+from lib.models.encoder import Encoder
+from lib.models.losses import (
+    PatchDiscriminator,
+    PerceptualLoss,
+    adaptive_weight,
+    disc_factor,
+    hinge_d_loss,
+    hinge_g_loss,
+    psnr,
+)
+from lib.models.movq_decoder import MoVQDecoder
+from lib.models.muse_decoder import freeze_for_decoder_finetune
+from lib.models.style_decoder import StyleDecoder
+from lib.quantizers import build_quantizer
+from lib.training import ResumableTrainer, batch_indices, load_model_weights
 
 DECODERS = {"vqgan": Decoder, "movq": MoVQDecoder, "style": StyleDecoder}
 
@@ -49,11 +58,11 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults filled in; unknown keys and unknown decoder kinds are errors naming them."""
     unknown = set(config) - set(DEFAULT_CONFIG) - {"name"}
     if unknown:
-        raise ValueError(f"tokenizer config: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
+        raise AtelierInputError(f"tokenizer config: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     cfg.update(copy.deepcopy(dict(config)))
     if cfg["decoder"] not in DECODERS:
-        raise ValueError(f"tokenizer config: decoder must be one of {sorted(DECODERS)}, got {cfg['decoder']!r}")
+        raise AtelierInputError(f"tokenizer config: decoder must be one of {sorted(DECODERS)}, got {cfg['decoder']!r}")
     return cfg
 
 
@@ -72,13 +81,15 @@ class Tokenizer(nn.Module):
         # ch_mult and z_dim must mirror the encoder, so they are not overridable.
         fixed = sorted(set(dec_kwargs) & {"ch_mult", "z_dim", "downsample_factor", "out_ch"})
         if fixed:
-            raise ValueError(f"tokenizer config: decoder_kwargs may not set {fixed} (they must match the encoder)")
+            raise AtelierInputError(f"tokenizer config: decoder_kwargs may not set {fixed} (they must match the encoder)")
         shared_dec = {**shared, **{k: dec_kwargs.pop(k) for k in ("ch", "num_res_blocks") if k in dec_kwargs}}
         self.decoder = DECODERS[c["decoder"]](out_ch=3, **shared_dec, **dec_kwargs)
 
     @property
     def arch(self) -> dict:
-        return {"name": "tokenizer", **{k: v for k, v in self.config.items() if k != "name"}}
+        # the config's own name rides along, so a checkpoint describes itself (load_tokenizer(path))
+        named = {"config_name": self.config["name"]} if self.config.get("name") else {}
+        return {"name": "tokenizer", **named, **{k: v for k, v in self.config.items() if k != "name"}}
 
     @property
     def token_shape(self) -> tuple[int, int, int]:
@@ -220,8 +231,6 @@ def finetune_decoder(base: Tokenizer, images: torch.Tensor, ckpt_path: str | Pat
     from ``base`` and pinned in eval mode (no EMA/k-means/restart updates): the tokens of any image
     are exactly the base tokenizer's, which the caller can check with ``tokenize``.
     """
-    from .muse_decoder import freeze_for_decoder_finetune
-
     cfg = muse_finetune_config(base.config, width_mult, depth_mult)
     if name is not None:
         cfg["name"] = name
@@ -233,8 +242,26 @@ def finetune_decoder(base: Tokenizer, images: torch.Tensor, ckpt_path: str | Pat
     return tok, history
 
 
-def load_tokenizer(ckpt_path: str | Path, config: Mapping[str, Any], disc_ndf: int = 32, device: str = "cpu") -> Tokenizer:
-    """The tokenizer (without its discriminator) from a :func:`train_tokenizer` checkpoint."""
+def load_tokenizer(ckpt_path: str | Path, config: Mapping[str, Any] | None = None, disc_ndf: int | None = None,
+                   device: str = "cpu") -> Tokenizer:
+    """The tokenizer (without its discriminator) from a :func:`train_tokenizer` checkpoint.
+
+    Checkpoints describe themselves (issue 16): with ``config`` / ``disc_ndf`` left out, the
+    architecture recorded in the checkpoint builds the tokenizer, so ``load_tokenizer(path)`` needs
+    nothing else. Given, they must equal the recorded ones (a checkpoint of another config is refused,
+    naming the file).
+    """
+    if config is None or disc_ndf is None:
+        arch = checkpoint_meta(ckpt_path).get("arch") or {}
+        if not isinstance(arch, dict) or arch.get("name") != "tokenizer":
+            raise AtelierInputError(f"{ckpt_path}: not a tokenizer checkpoint (arch name "
+                                    f"{arch.get('name') if isinstance(arch, dict) else arch!r})")
+        if config is None:
+            config = {k: v for k, v in arch.items() if k not in ("name", "config_name", "disc_ndf")}
+            if arch.get("config_name"):
+                config["name"] = arch["config_name"]
+        if disc_ndf is None:
+            disc_ndf = int(arch.get("disc_ndf", 32))
     tok = Tokenizer(config)
     both = _TokenizerWithCritic(tok, disc_ndf)
     load_model_weights(both, ckpt_path, {**tok.arch, "disc_ndf": disc_ndf})

@@ -23,12 +23,13 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .base import STATS_KEYS, Quantizer, QuantizerOutput
-from .codebook import CODEBOOK_OPTIONS, Codebook, CodebookOutput, check_codebook_options
-from .movq import MultichannelQuantizer
-from .pq import ProductQuantizer
-from .rq import ResidualQuantizer
-from .vq import VectorQuantizer
+from lib.io import AtelierInputError
+from lib.quantizers.base import STATS_KEYS, Quantizer, QuantizerOutput
+from lib.quantizers.codebook import CODEBOOK_OPTIONS, Codebook, CodebookOutput, check_codebook_options
+from lib.quantizers.movq import MultichannelQuantizer
+from lib.quantizers.pq import ProductQuantizer
+from lib.quantizers.rq import ResidualQuantizer
+from lib.quantizers.vq import VectorQuantizer
 
 __all__ = [
     "Quantizer",
@@ -68,7 +69,7 @@ def build_quantizer(kind: str, **kw: Any) -> Quantizer:
     parameter.
     """
     if not isinstance(kind, str) or kind.lower() not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer kind {kind!r}; expected one of {', '.join(map(repr, QUANTIZERS))}")
+        raise AtelierInputError(f"unknown quantizer kind {kind!r}; expected one of {', '.join(map(repr, QUANTIZERS))}")
     kind = kind.lower()
     cls = QUANTIZERS[kind]
     kw = dict(kw)
@@ -77,9 +78,9 @@ def build_quantizer(kind: str, **kw: Any) -> Quantizer:
         param = _CHANNEL_PARAM[kind]
         if param is None:
             if channels != 1:
-                raise ValueError(f"build_quantizer('vq'): num_channels must be 1 for plain VQ, got {channels!r}")
+                raise AtelierInputError(f"build_quantizer('vq'): num_channels must be 1 for plain VQ, got {channels!r}")
         elif param in kw:
-            raise ValueError(f"build_quantizer({kind!r}): give either num_channels or {param}, not both")
+            raise AtelierInputError(f"build_quantizer({kind!r}): give either num_channels or {param}, not both")
         else:
             kw[param] = channels
     own = [
@@ -89,7 +90,7 @@ def build_quantizer(kind: str, **kw: Any) -> Quantizer:
     ]
     unknown = sorted(set(kw) - set(own) - set(CODEBOOK_OPTIONS))
     if unknown:
-        raise ValueError(
+        raise AtelierInputError(
             f"build_quantizer({kind!r}): unknown parameter{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(map(repr, unknown))}; {cls.__name__} takes {', '.join(own)} and the codebook "
             f"options {', '.join(CODEBOOK_OPTIONS)}"
@@ -100,7 +101,7 @@ def build_quantizer(kind: str, **kw: Any) -> Quantizer:
         if name in own and p.default is inspect.Parameter.empty and name not in kw
     ]
     if missing:
-        raise ValueError(f"build_quantizer({kind!r}): missing required parameter(s) {', '.join(map(repr, missing))}")
+        raise AtelierInputError(f"build_quantizer({kind!r}): missing required parameter(s) {', '.join(map(repr, missing))}")
     return cls(**kw)
 
 
@@ -149,11 +150,11 @@ def equal_storage_configs(
     """
     for name, value in (("vq_codebook_size", vq_codebook_size), ("dim", dim), ("channels", channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise AtelierInputError(f"{name} must be a positive integer, got {value!r}")
     if dim % channels:
-        raise ValueError(f"channels={channels} must divide dim={dim} (PQ groups / MoVQ chunks split D evenly)")
+        raise AtelierInputError(f"channels={channels} must divide dim={dim} (PQ groups / MoVQ chunks split D evenly)")
     if vq_codebook_size % channels and not rq_shared_codebook:
-        raise ValueError(
+        raise AtelierInputError(
             f"channels={channels} must divide vq_codebook_size={vq_codebook_size} "
             "(RQ's per-depth codebooks share VQ's entry budget)"
         )

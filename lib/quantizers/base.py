@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .codebook import Codebook, autocast_off
+from lib.io import AtelierInputError
+from lib.quantizers.codebook import Codebook, autocast_off
 
 __all__ = ["QuantizerOutput", "Quantizer", "STATS_KEYS"]
 
@@ -134,14 +135,14 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Tokens ``[B, H, W, C]`` -> latent ``[B, D, H, W]`` float32 (eval: == forward().quantized)."""
         if indices.ndim != 4 or indices.shape[-1] != self.num_channels:
-            raise ValueError(
+            raise AtelierInputError(
                 f"{type(self).__name__}.decode_indices expects indices [B, H, W, {self.num_channels}], "
                 f"got {list(indices.shape)}"
             )
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
+            raise AtelierInputError(f"indices must be an integer tensor, got {indices.dtype}")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(
+            raise AtelierInputError(
                 f"indices out of range [0, {self.codebook_size}): min {int(indices.min())}, max {int(indices.max())}"
             )
         b, h, w, c = indices.shape
@@ -151,9 +152,9 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
 
     def _check_latent(self, z: Tensor) -> None:
         if z.ndim != 4 or z.shape[1] != self.dim:
-            raise ValueError(f"{type(self).__name__} expects z of shape [B, {self.dim}, H, W], got {list(z.shape)}")
+            raise AtelierInputError(f"{type(self).__name__} expects z of shape [B, {self.dim}, H, W], got {list(z.shape)}")
         if not z.dtype.is_floating_point:
-            raise ValueError(f"{type(self).__name__} expects a floating-point z, got {z.dtype}")
+            raise AtelierInputError(f"{type(self).__name__} expects a floating-point z, got {z.dtype}")
 
 
 def _merge_stats(

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lib.io import AtelierInputError
+
 __all__ = ["Codebook", "CodebookOutput", "CODEBOOK_OPTIONS", "check_codebook_options", "autocast_off"]
 
 
@@ -141,11 +143,11 @@ class Codebook(nn.Module):
         init_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        _check_int("codebook_size", codebook_size, 1)
-        _check_int("dim", dim, 1)
-        _check_int("kmeans_iters", kmeans_iters, 0)
-        _check_int("kmeans_max_points", kmeans_max_points, 1)
-        _check_int("dead_after_steps", dead_after_steps, 1)
+        check_int("codebook_size", codebook_size, 1)
+        check_int("dim", dim, 1)
+        check_int("kmeans_iters", kmeans_iters, 0)
+        check_int("kmeans_max_points", kmeans_max_points, 1)
+        check_int("dead_after_steps", dead_after_steps, 1)
         _check_range("beta", beta, 0.0, math.inf, lo_open=False)
         _check_range("decay", decay, 0.0, 1.0)
         _check_range("eps", eps, 0.0, math.inf)
@@ -219,7 +221,7 @@ class Codebook(nn.Module):
     def forward(self, x: Tensor) -> CodebookOutput:
         """Quantise ``x [N, dim]``: lookup, losses of Eq. (3), and in training mode the updates."""
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"Codebook expects x of shape [N, {self.dim}], got {list(x.shape)}")
+            raise AtelierInputError(f"Codebook expects x of shape [N, {self.dim}], got {list(x.shape)}")
         x = x.float()
         idx = self.quantize_indices(x)
         codes = self.lookup(idx)
@@ -377,9 +379,9 @@ def _perplexity(p: Tensor) -> Tensor:
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
 
 
-def _check_int(name: str, value, lo: int) -> None:
+def check_int(name: str, value, lo: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+        raise AtelierInputError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
 def _check_range(name: str, value, lo: float, hi: float, lo_open: bool = True) -> None:
@@ -387,7 +389,7 @@ def _check_range(name: str, value, lo: float, hi: float, lo_open: bool = True) -
     ok = ok and (lo < value if lo_open else lo <= value) and value < hi
     if not ok:
         lo_s = f"{lo} <" if lo_open else f"{lo} <="
-        raise ValueError(f"{name} must satisfy {lo_s} {name} < {hi}, got {value!r}")
+        raise AtelierInputError(f"{name} must satisfy {lo_s} {name} < {hi}, got {value!r}")
 
 
 CODEBOOK_OPTIONS: tuple[str, ...] = tuple(
@@ -402,7 +404,7 @@ def check_codebook_options(options: Mapping[str, object], owner: str) -> None:
     """Raise ``ValueError`` naming any key of ``options`` that is not a :class:`Codebook` option."""
     unknown = sorted(set(options) - set(CODEBOOK_OPTIONS))
     if unknown:
-        raise ValueError(
+        raise AtelierInputError(
             f"{owner}: unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"codebook options are {', '.join(CODEBOOK_OPTIONS)}"
         )

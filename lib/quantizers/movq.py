@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Quantizer
-from .codebook import Codebook, _check_int, check_codebook_options
+from lib.io import AtelierInputError
+from lib.quantizers.base import Quantizer
+from lib.quantizers.codebook import Codebook, check_int, check_codebook_options
 
 __all__ = ["MultichannelQuantizer"]
 
@@ -35,11 +36,11 @@ class MultichannelQuantizer(Quantizer):
     """
 
     def __init__(self, dim: int, codebook_size: int, num_chunks: int = 4, **codebook_options) -> None:
-        _check_int("dim", dim, 1)
-        _check_int("codebook_size", codebook_size, 1)
-        _check_int("num_chunks", num_chunks, 1)
+        check_int("dim", dim, 1)
+        check_int("codebook_size", codebook_size, 1)
+        check_int("num_chunks", num_chunks, 1)
         if dim % num_chunks:
-            raise ValueError(f"num_chunks={num_chunks} must divide dim={dim} (MoVQ splits channels evenly)")
+            raise AtelierInputError(f"num_chunks={num_chunks} must divide dim={dim} (MoVQ splits channels evenly)")
         check_codebook_options(codebook_options, type(self).__name__)
         super().__init__(dim=dim, codebook_size=codebook_size, num_channels=num_chunks)
         self.chunk_dim = dim // num_chunks

@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Quantizer
-from .codebook import Codebook, _check_int, check_codebook_options
+from lib.io import AtelierInputError
+from lib.quantizers.base import Quantizer
+from lib.quantizers.codebook import Codebook, check_int, check_codebook_options
 
 __all__ = ["ProductQuantizer"]
 
@@ -36,11 +37,11 @@ class ProductQuantizer(Quantizer):
     """
 
     def __init__(self, dim: int, codebook_size: int, num_groups: int = 4, **codebook_options) -> None:
-        _check_int("dim", dim, 1)
-        _check_int("codebook_size", codebook_size, 1)
-        _check_int("num_groups", num_groups, 1)
+        check_int("dim", dim, 1)
+        check_int("codebook_size", codebook_size, 1)
+        check_int("num_groups", num_groups, 1)
         if dim % num_groups:
-            raise ValueError(f"num_groups={num_groups} must divide dim={dim} (M6-Fashion Sec. 3.1 uses equal sub-vectors)")
+            raise AtelierInputError(f"num_groups={num_groups} must divide dim={dim} (M6-Fashion Sec. 3.1 uses equal sub-vectors)")
         check_codebook_options(codebook_options, type(self).__name__)
         super().__init__(dim=dim, codebook_size=codebook_size, num_channels=num_groups)
         self.group_dim = dim // num_groups

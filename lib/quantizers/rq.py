@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Quantizer
-from .codebook import Codebook, _check_int, check_codebook_options
+from lib.io import AtelierInputError
+from lib.quantizers.base import Quantizer
+from lib.quantizers.codebook import Codebook, check_int, check_codebook_options
 
 __all__ = ["ResidualQuantizer"]
 
@@ -41,11 +42,11 @@ class ResidualQuantizer(Quantizer):
     def __init__(
         self, dim: int, codebook_size: int, depth: int = 4, shared_codebook: bool = True, **codebook_options
     ) -> None:
-        _check_int("dim", dim, 1)
-        _check_int("codebook_size", codebook_size, 1)
-        _check_int("depth", depth, 1)
+        check_int("dim", dim, 1)
+        check_int("codebook_size", codebook_size, 1)
+        check_int("depth", depth, 1)
         if not isinstance(shared_codebook, bool):
-            raise ValueError(f"shared_codebook must be a bool, got {shared_codebook!r}")
+            raise AtelierInputError(f"shared_codebook must be a bool, got {shared_codebook!r}")
         check_codebook_options(codebook_options, type(self).__name__)
         super().__init__(dim=dim, codebook_size=codebook_size, num_channels=depth)
         self.shared_codebook = shared_codebook

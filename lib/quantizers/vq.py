@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Quantizer
-from .codebook import Codebook, _check_int, check_codebook_options
+from lib.quantizers.base import Quantizer
+from lib.quantizers.codebook import Codebook, check_int, check_codebook_options
 
 __all__ = ["VectorQuantizer"]
 
@@ -27,8 +27,8 @@ class VectorQuantizer(Quantizer):
     """
 
     def __init__(self, dim: int, codebook_size: int, **codebook_options) -> None:
-        _check_int("dim", dim, 1)
-        _check_int("codebook_size", codebook_size, 1)
+        check_int("dim", dim, 1)
+        check_int("codebook_size", codebook_size, 1)
         check_codebook_options(codebook_options, type(self).__name__)
         super().__init__(dim=dim, codebook_size=codebook_size, num_channels=1)
         self.codebook = Codebook(codebook_size, dim, **codebook_options)

@@ -11,9 +11,9 @@ One idea per module:
 - :mod:`.evaluate`        -- cross-modal R@K (Table 1) and Fashion-IQ composed R@10/50 (Table 4)
 """
 
-from .caption_decoder import INSTRUCTIONS, CaptionDecoder, CaptionVocab, load_caption_decoder
-from .index import RetrievalIndex
-from .qformer import QFormer, load_qformer
+from lib.retrieval.caption_decoder import INSTRUCTIONS, CaptionDecoder, CaptionVocab, load_caption_decoder
+from lib.retrieval.index import RetrievalIndex
+from lib.retrieval.qformer import QFormer, load_qformer
 
 __all__ = ["INSTRUCTIONS", "CaptionDecoder", "CaptionVocab", "QFormer", "RetrievalIndex", "load_caption_decoder",
            "load_qformer"]

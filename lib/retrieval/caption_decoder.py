@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io import AtelierInputError, load_checkpoint
-from ..training import arch_of
+from lib.io import AtelierInputError, load_checkpoint
+from lib.training import arch_of
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)

@@ -29,12 +29,18 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from ..io import AtelierInputError
-from ..metrics.retrieval import (fashioniq_recall, fashioniq_summary, ranks_of_best_positive, recall_at_k,
-                                 sample_same_category_negatives)
-from .losses import max_query_similarity
-from .qformer import QFormer
+from lib.io import AtelierInputError
+from lib.metrics.retrieval import (
+    fashioniq_recall,
+    fashioniq_summary,
+    ranks_of_best_positive,
+    recall_at_k,
+    sample_same_category_negatives,
+)
+from lib.retrieval.losses import max_query_similarity
+from lib.retrieval.qformer import QFormer
 
 COMPOSED_VARIANTS = ("full", "image only", "text only", "w/ cap", "w/o img")
 NEEDS_CAPTIONS = ("w/ cap", "w/o img")
@@ -44,8 +50,6 @@ NEEDS_CAPTIONS = ("w/ cap", "w/o img")
 # embeddings from the model
 # ------------------------------------------------------------------------------------------------
 def _batches(n: int, batch_size: int, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise AtelierInputError(f"batch_size must be >= 1, got {batch_size}")
     return tqdm(range(0, n, batch_size), desc=desc, disable=not progress, mininterval=2)

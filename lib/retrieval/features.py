@@ -31,9 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..io import AtelierInputError, load_checkpoint, save_checkpoint
-from ..models.backbones import STAGES, WEIGHTS_FILE, efficientnet_lite0_features
+from lib.images import to_float
+from lib.io import AtelierInputError, load_checkpoint, save_checkpoint
+from lib.models.backbones import STAGES, WEIGHTS_FILE, efficientnet_lite0_features
 
 SOURCES = ("efficientnet", "tokenizer")
 DEFAULT_SIZE = 96
@@ -47,7 +49,7 @@ def images_to_float(images: Any, device: Optional[torch.device | str] = None) ->
     if x.dtype == torch.uint8:
         if x.dim() != 4 or x.shape[-1] != 3:
             raise AtelierInputError(f"uint8 images must be [N, H, W, 3], got shape {tuple(x.shape)}")
-        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = to_float(x)
     elif x.is_floating_point():
         if x.dim() != 4 or x.shape[1] != 3:
             raise AtelierInputError(f"float images must be [N, 3, H, W] in [-1, 1], got shape {tuple(x.shape)}")
@@ -134,8 +136,6 @@ def extract_features(images: Any, extractor: nn.Module, batch_size: int = 32, dt
                      device: Optional[torch.device | str] = None, progress: bool = False) -> torch.Tensor:
     """Tokens ``[N, S, C_f]`` (CPU, ``dtype``) of all ``images`` (see :func:`images_to_float`), in
     batches on ``device`` (default: where the extractor's weights are)."""
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise AtelierInputError(f"batch_size must be >= 1, got {batch_size}")
     device = device or next(extractor.parameters()).device

@@ -14,13 +14,14 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..io import AtelierInputError, load_checkpoint, save_checkpoint
+from lib.io import AtelierInputError, load_checkpoint, save_checkpoint
 
 BACKENDS = ("exact", "faiss")
 
 
 def _import_faiss():
     try:
+        # optional: the exact torch search is the default; faiss only when asked for
         import faiss  # noqa: F401  (optional dependency)
     except ImportError:
         raise AtelierInputError(

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..io import AtelierInputError
+from lib.io import AtelierInputError
 
 ItmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

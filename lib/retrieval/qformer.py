@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io import AtelierInputError, load_checkpoint
-from ..training import arch_of
+from lib.generation.layers import Attention  # the one attention module (issue 16)
+from lib.io import AtelierInputError, load_checkpoint
+from lib.training import arch_of
 
 MASK_MODES = ("unimodal", "bidirectional")
 TEXT_DIM = 384  # MiniLM token features
@@ -56,29 +57,6 @@ def self_attention_mask(num_queries: int, text_mask: Optional[torch.Tensor], mod
         is_query = torch.arange(n, device=device) < num_queries
         allowed = allowed & (is_query[:, None] == is_query[None, :])
     return allowed[:, None]
-
-
-class Attention(nn.Module):
-    """Multi-head attention; ``context`` given = cross-attention, ``mask`` bool (True = attend)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
-        super().__init__()
-        if dim % heads:
-            raise AtelierInputError(f"dim {dim} is not divisible by heads {heads}")
-        self.heads, self.dropout = heads, dropout
-        self.to_q = nn.Linear(dim, dim)
-        self.to_kv = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        b, n, d = x.shape
-        ctx = x if context is None else context
-        h = self.heads
-        q = self.to_q(x).view(b, n, h, d // h).transpose(1, 2)
-        k, v = self.to_kv(ctx).view(b, ctx.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(o.transpose(1, 2).reshape(b, n, d))
 
 
 def _ffn(dim: int, mult: int, dropout: float) -> nn.Sequential:
@@ -106,7 +84,7 @@ class QFormerLayer(nn.Module):
                 mask: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         parts = [p for p in (queries, text) if p is not None]
         x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-        x = x + self.drop(self.self_attn(self.norm_self(x), mask=mask))
+        x = x + self.drop(self.self_attn(self.norm_self(x), attn_mask=mask))
         nq = 0 if queries is None else queries.shape[1]
         queries, text = (x[:, :nq] if nq else None), (x[:, nq:] if text is not None else None)
         if queries is not None:

@@ -23,11 +23,11 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..generation import Condition, MaskedTokenTransformer, TransformerConfig
-from ..generation.masking import random_mask
-from ..generation.transformer import masked_token_accuracy, masked_token_loss
-from ..io import AtelierInputError, load_checkpoint, load_model_state
-from ..training import ResumableTrainer, batch_indices, step_seed
+from lib.generation import Condition, MaskedTokenTransformer, TransformerConfig
+from lib.generation.masking import random_mask
+from lib.generation.transformer import masked_token_accuracy, masked_token_loss
+from lib.io import AtelierInputError, load_checkpoint, load_model_state
+from lib.training import ResumableTrainer, batch_indices, lr_factor, set_lr, step_seed
 
 ARCH_NAME = "query_generator"
 
@@ -108,8 +108,6 @@ def train_query_generator(qformer, qgen: QueryGenerator, image_feats: torch.Tens
     drive the generator through the adapter to reconstruct ``I``'s tokens ``[N, positions, C]``
     (``tokens[i]`` belongs to ``image_feats[i]``). Trains the adapter, and the generator too
     when ``finetune_generator``; resumable like every trainer here."""
-    from .train import _schedule
-
     _check_tokens(tokens, qgen.config, image_feats.shape[0])
     device = next(qgen.parameters()).device
     qformer.eval()
@@ -120,7 +118,7 @@ def train_query_generator(qformer, qgen: QueryGenerator, image_feats: torch.Tens
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.96))
 
     def step_fn(step: int) -> dict:
-        _schedule(opt, lr, step, steps, warmup)
+        set_lr(opt, lr * lr_factor(step, steps, warmup))
         idx = torch.as_tensor(batch_indices(len(image_feats), batch_size, step, seed))
         gen = torch.Generator().manual_seed(step_seed(seed + 7919, step))
         with torch.no_grad():

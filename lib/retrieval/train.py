@@ -27,12 +27,17 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..io import AtelierInputError
-from ..training import ResumableTrainer, batch_indices, step_seed
-from .caption_decoder import CaptionDecoder
-from .losses import (cir_target_caption_itc, cir_target_image_itc, cir_text_target_itm, image_text_contrastive,
-                     itm_loss)
-from .qformer import QFormer
+from lib.io import AtelierInputError
+from lib.retrieval.caption_decoder import CaptionDecoder
+from lib.retrieval.losses import (
+    cir_target_caption_itc,
+    cir_target_image_itc,
+    cir_text_target_itm,
+    image_text_contrastive,
+    itm_loss,
+)
+from lib.retrieval.qformer import QFormer
+from lib.training import ResumableTrainer, batch_indices, lr_factor, set_lr, step_seed
 
 PHASES = ("itc_itm", "captioner", "composed")
 
@@ -70,13 +75,6 @@ def _check_feats(image_feats: torch.Tensor) -> None:
                                 f"{tuple(getattr(image_feats, 'shape', ()))}")
 
 
-def _schedule(opt: torch.optim.Optimizer, lr: float, step: int, steps: int, warmup: int) -> None:
-    """Linear warm-up then cosine decay (BLIP-2's schedule)."""
-    factor = min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + np.cos(np.pi * step / steps))
-    for group in opt.param_groups:
-        group["lr"] = lr * factor
-
-
 def _pick(ids: torch.Tensor, rows: Any) -> torch.Tensor:
     """One column per row: ``ids[rows]`` if 1-D, else a column drawn with the (step-seeded) torch RNG."""
     sel = ids[torch.as_tensor(rows)]
@@ -110,7 +108,7 @@ def train_phase1_qformer(model: QFormer, image_feats: torch.Tensor, caption_ids:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
 
     def step_fn(step: int) -> dict:
-        _schedule(opt, lr, step, steps, warmup)
+        set_lr(opt, lr * lr_factor(step, steps, warmup))
         idx = batch_indices(len(image_feats), batch_size, step, seed)
         caps = _pick(caption_ids, idx)
         feats = image_feats[torch.as_tensor(idx)].to(device).float()
@@ -158,7 +156,7 @@ def train_phase1_captioner(qformer: QFormer, decoder: CaptionDecoder, image_feat
     opt = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
 
     def step_fn(step: int) -> dict:
-        _schedule(opt, lr, step, steps, warmup)
+        set_lr(opt, lr * lr_factor(step, steps, warmup))
         idx = batch_indices(len(image_feats), batch_size, step, seed)
         caps = _pick(caption_ids, idx)
         with torch.no_grad():
@@ -250,7 +248,7 @@ def train_phase2_composed(model: QFormer, image_feats: torch.Tensor, reference_i
     w_img, w_cap, w_itm = loss_weights
 
     def step_fn(step: int) -> dict:
-        _schedule(opt, lr, step, steps, warmup)
+        set_lr(opt, lr * lr_factor(step, steps, warmup))
         rows = batch_indices(len(target_index), batch_size, step, seed)
         ref, tgt = reference_index[torch.as_tensor(rows)], target_index[torch.as_tensor(rows)]
         mod = _pick(modification_ids, rows)

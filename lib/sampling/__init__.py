@@ -11,14 +11,14 @@
 Samplers never see a model: they get ``logits_fn(tokens [B,N,C]) -> logits [B,N,C,K]``.
 """
 
-from .autoregressive import AutoregressiveScheduler, filter_logits, sample_autoregressive
-from .base import SamplerState, TokenScheduler
-from .editing import (blank_grid, boundary_ring, box_mask, inpaint, mask_free_edit, outpaint, paste_region,
+from lib.sampling.autoregressive import AutoregressiveScheduler, filter_logits, sample_autoregressive
+from lib.sampling.base import SamplerState, TokenScheduler
+from lib.sampling.editing import (blank_grid, boundary_ring, box_mask, inpaint, mask_free_edit, outpaint, paste_region,
                       style_mix)
-from .guidance import ClassifierFreeGuidance, LinearGuidanceSchedule, guided_logits
-from .maskgit import MaskGITScheduler
-from .pipeline import sample
-from .smart import SMARTScheduler
+from lib.sampling.guidance import ClassifierFreeGuidance, LinearGuidanceSchedule, guided_logits
+from lib.sampling.maskgit import MaskGITScheduler
+from lib.sampling.pipeline import sample
+from lib.sampling.smart import SMARTScheduler
 
 __all__ = ["SamplerState", "TokenScheduler", "MaskGITScheduler", "SMARTScheduler", "AutoregressiveScheduler",
            "filter_logits", "sample_autoregressive", "guided_logits", "LinearGuidanceSchedule",

@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from ..io import AtelierInputError
-from .base import SamplerState, TokenScheduler, check_nonneg, check_steps, sample_categorical
+from lib.io import AtelierInputError
+from lib.sampling.base import SamplerState, TokenScheduler, check_nonneg, check_steps, sample_categorical
 
 __all__ = ["filter_logits", "AutoregressiveScheduler", "sample_autoregressive"]
 
@@ -120,8 +121,6 @@ def sample_autoregressive(next_logits_fn: Callable[[Any], Tensor], append_fn: Ca
     token [B]) -> cache`` feeds the entry just fixed (sampled or known) back; ``start_cache`` is the
     model's ``start(cond, B)``. Frames (with ``keep_frames``) are the grid after every entry.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(scheduler, AutoregressiveScheduler):
         raise AtelierInputError(f"scheduler must be an AutoregressiveScheduler, got {type(scheduler).__name__}")
     state = scheduler.init_state(tokens, known, mask_id)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..io import AtelierInputError
+from lib.io import AtelierInputError
 
 __all__ = ["SamplerState", "TokenScheduler", "sample_categorical", "select_top", "gumbel_noise",
            "check_nonneg", "check_steps"]

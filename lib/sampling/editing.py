@@ -31,10 +31,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from ..io import AtelierInputError
-from .autoregressive import filter_logits
-from .base import check_nonneg, check_steps, sample_categorical, select_top
+from lib.io import AtelierInputError
+from lib.sampling.autoregressive import filter_logits
+from lib.sampling.base import check_nonneg, check_steps, sample_categorical, select_top
 
 __all__ = ["box_mask", "blank_grid", "inpaint", "outpaint", "boundary_ring", "paste_region", "style_mix",
            "mask_free_edit"]
@@ -221,8 +222,6 @@ def mask_free_edit(logits_fn: Callable[[Tensor], Tensor], tokens: Tensor, num_it
     iteration (Muse Fig. 12 lets the user pick an intermediate one). A ``logits_fn`` with
     ``set_step`` is told the iteration.
     """
-    from tqdm.auto import tqdm
-
     _check_grid(tokens)
     check_steps(num_iters, "num_iters")
     frac = check_nonneg(fraction, "fraction")

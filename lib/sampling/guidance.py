@@ -19,8 +19,8 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-from ..io import AtelierInputError
-from .base import check_nonneg, check_steps
+from lib.io import AtelierInputError
+from lib.sampling.base import check_nonneg, check_steps
 
 __all__ = ["guided_logits", "LinearGuidanceSchedule", "ClassifierFreeGuidance"]
 

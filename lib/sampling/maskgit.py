@@ -18,21 +18,14 @@ remainder of the steps", Muse Sec. 2.8). Every channel is an entry of its own (M
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from ..io import AtelierInputError
-from .base import SamplerState, TokenScheduler, check_nonneg, gumbel_noise, sample_categorical, select_top
+from lib.io import AtelierInputError
+from lib.sampling.base import SamplerState, TokenScheduler, check_nonneg, gumbel_noise, sample_categorical, select_top
+from lib.sampling.mask_schedule import MASK_SCHEDULES
 
 __all__ = ["MaskGITScheduler", "MASK_SCHEDULES"]
-
-#: gamma(r): share of the unknown entries still masked after a fraction r of the steps.
-MASK_SCHEDULES = {
-    "cosine": lambda r: math.cos(0.5 * math.pi * r),
-    "linear": lambda r: 1.0 - r,
-}
 
 
 class MaskGITScheduler(TokenScheduler):

@@ -11,9 +11,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from ..io import AtelierInputError
-from .base import TokenScheduler
+from lib.io import AtelierInputError
+from lib.sampling.base import TokenScheduler
 
 __all__ = ["sample"]
 
@@ -30,8 +31,6 @@ def sample(logits_fn: Callable[[Tensor], Tensor], scheduler: TokenScheduler, tok
     complete prediction before re-masking (no ``mask_id``; the M6-Fashion Fig. 6 SMART strip).
     Runs under ``torch.no_grad``.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(scheduler, TokenScheduler):
         raise AtelierInputError(f"scheduler must be a TokenScheduler, got {type(scheduler).__name__}")
     if frames_of not in FRAME_SOURCES:

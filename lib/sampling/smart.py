@@ -36,8 +36,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..io import AtelierInputError
-from .base import SamplerState, TokenScheduler, check_nonneg, gumbel_noise, sample_categorical, select_top
+from lib.io import AtelierInputError
+from lib.sampling.base import SamplerState, TokenScheduler, check_nonneg, gumbel_noise, sample_categorical, select_top
 
 __all__ = ["SMARTScheduler"]
 

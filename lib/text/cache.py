@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import AtelierInputError, load_checkpoint, save_checkpoint
-from .encoder import NAME, shared_encoder, weights_sha256
+from lib.io import AtelierInputError, load_checkpoint, save_checkpoint
+from lib.text.encoder import NAME, shared_encoder, weights_sha256
 
 
 def caption_index(captions_per_split: dict[str, list[list[str]]]) -> tuple[list[str], dict[str, np.ndarray]]:

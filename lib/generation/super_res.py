@@ -28,12 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .generation import MaskedTokenTransformer, TransformerConfig
-from .generation.layers import Block, init_weights
-from .io import AtelierInputError, load_checkpoint, load_model_state
-from .params import SUPER_RES_LOW_RES_MODES as LOW_RES_MODES  # the one list; params.yaml is checked against it
+from lib.config import SUPER_RES_LOW_RES_MODES as LOW_RES_MODES  # the one list; params.yaml is checked against it
+from lib.generation import MaskedTokenTransformer, TransformerConfig, load_generator
+from lib.generation.layers import Block, init_weights
+from lib.io import AtelierInputError, load_checkpoint, load_model_state
 
 __all__ = ["LOW_RES_MODES", "MuseSuperResTransformer", "build_super_res_model", "load_super_res_model"]
+
 
 class MuseSuperResTransformer(MaskedTokenTransformer):
     """High-res masked-token transformer whose cross-attention memory is [text ; low-res encoder
@@ -90,8 +91,6 @@ def build_super_res_model(config: TransformerConfig, low_res_mode: str = "cross_
 
 def load_super_res_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> MaskedTokenTransformer:
     """Either form from its checkpoint (the header's ``arch`` says which), in eval mode."""
-    from .generation import load_generator
-
     tensors, meta = load_checkpoint(ckpt_path)
     arch = dict(meta.get("arch") or {})
     if arch.get("name") != MuseSuperResTransformer.arch_name:

@@ -1,6 +1,6 @@
 """Inference in three lines: a trained generator, prompts in, uint8 images out.
 
-    from lib.pipeline import GarmentPipeline
+    from lib.pipelines.garment import GarmentPipeline
     pipe = GarmentPipeline.from_trained("m6")              # checkpoints of the profile in params.yaml
     images = pipe.text_to_image(["a red dotted dress", "a blue striped sneaker"], seed=0)
     pipe.save(images, "garments.png")
@@ -8,7 +8,7 @@
 ``images`` is ``uint8 [n, H, W, 3]``. :meth:`GarmentPipeline.inpaint` re-generates a pixel box of
 given images from a prompt (M6-Fashion Sec. 3.4 / Muse Sec. 3.4 zero-shot in-painting);
 :meth:`GarmentPipeline.style_mix` puts one image's PQ style groups into another (M6-Fashion Sec. 3.4 vi). The pieces
-are the ones the notebooks drive: the generator and its tokenizer from ``lib.generators``, a
+are the ones the notebooks drive: the generator and its tokenizer from ``lib.stages.generator``, a
 scheduler from ``lib.sampling`` (MaskGIT, M6-Fashion's SMART, or the autoregressive baseline),
 Muse's classifier-free guidance with a linearly increasing scale and an optional negative prompt
 (Muse Sec. 2.7). :class:`ComposedSearch` is UniFashion's composed image retrieval: a reference
@@ -18,22 +18,28 @@ wires them; it holds no model code.
 
 from __future__ import annotations
 
+import io as _io
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .io import AtelierInputError
+import lib.config as lib_params
+from lib.figures import image_grid
+from lib.generation.autoregressive import ARTransformer
+from lib.images import to_uint8_hwc
+from lib.io import AtelierInputError, atomic_write_bytes
+from lib.pipelines import unifashion as UF
+from lib.pipelines.generators import load_trained
+from lib.pipelines.sampling import encode_prompts, generate, make_scheduler, sample_masked
+from lib.pipelines.tokenizers import decode_tokens, tokenize_images
+from lib.retrieval.evaluate import composed_similarity, embed_composed, embed_images
+from lib.retrieval.features import extract_features
+from lib.sampling import LinearGuidanceSchedule, inpaint as inpaint_tokens, style_mix as mix_tokens
 
-__all__ = ["ComposedSearch", "GarmentPipeline", "to_uint8"]
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float images ``[n, 3, H, W]`` in [-1, 1] -> ``uint8 [n, H, W, 3]`` (:func:`lib.figures.to_uint8_hwc`)."""
-    from .figures import to_uint8_hwc
-
-    return to_uint8_hwc(images.detach().float())
+__all__ = ["ComposedSearch", "GarmentPipeline"]
 
 
 class GarmentPipeline:
@@ -42,9 +48,6 @@ class GarmentPipeline:
 
     def __init__(self, model, tokenizer, decoder=None, sampling: Mapping[str, Any] | None = None, *,
                  name: str = "generator", encode: Callable[[list[str]], Any] | None = None):
-        from .generation.autoregressive import ARTransformer
-        from .synthesis import encode_prompts
-
         self.model, self.tokenizer = model.eval(), tokenizer
         self.decoder = decoder if decoder is not None else tokenizer
         self.sampling = dict(sampling or {})
@@ -56,11 +59,8 @@ class GarmentPipeline:
     def from_trained(cls, name: str = "m6", profile: str | None = None, device: str = "cpu") -> "GarmentPipeline":
         """The generator ``name`` of ``generation.models`` as the stages trained it (``profile``:
         params.yaml's by default). Raises one error naming the checkpoint when it is not trained."""
-        from . import generators as GEN
-        from . import params as lib_params
-
         P = lib_params.load(profile)
-        model, tok, dec = GEN.load_trained(P, name, device)
+        model, tok, dec = load_trained(P, name, device)
         return cls(model, tok, dec, P["generation"]["sampling"], name=name)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -107,8 +107,6 @@ class GarmentPipeline:
 
     def _guidance(self, sampler: str, guidance: float | None):
         """Muse Sec. 2.7: the scale rises linearly from 0 to ``guidance`` over the decoding steps."""
-        from .sampling import LinearGuidanceSchedule
-
         if not guidance:
             return 0.0
         if sampler == "autoregressive":
@@ -123,8 +121,6 @@ class GarmentPipeline:
         """One image per prompt. ``sampler``: ``smart`` (default), ``maskgit``, or ``autoregressive``
         for the AR baseline; ``guidance``: the final classifier-free guidance scale (default none);
         ``negative_prompts`` replace the unconditional branch of guidance (one per prompt)."""
-        from .synthesis import generate
-
         prompts = self._prompts(prompts)
         sampler = self._sampler(sampler)
         negative = None
@@ -138,7 +134,7 @@ class GarmentPipeline:
             negative = self.encode(negative_prompts)
         out = generate(self.model, self.decoder, self.encode(prompts), len(prompts), sampler, self.sampling,
                        guidance=self._guidance(sampler, guidance), negative=negative, seed=seed)
-        return to_uint8(out["images"])
+        return to_uint8_hwc(out["images"])
 
     @torch.no_grad()
     def inpaint(self, images: np.ndarray, box: tuple[int, int, int, int], prompts: Sequence[str], *,
@@ -146,10 +142,6 @@ class GarmentPipeline:
         """Re-generate the pixel box ``(top, left, height, width)`` of ``images`` (``uint8 [n, H, W, 3]``)
         from ``prompts``; the tokens outside the box are kept. The box is widened to whole token cells
         (the tokenizer's downsampling factor)."""
-        from .generators import tokenize_images
-        from .sampling import inpaint as inpaint_tokens
-        from .synthesis import decode, make_scheduler, sample_masked
-
         if self.autoregressive:
             raise AtelierInputError(f"GarmentPipeline: {self.name} is autoregressive; in-painting needs a masked generator")
         images = self._images(images, "inpaint")
@@ -163,7 +155,7 @@ class GarmentPipeline:
         sampler = self._sampler(sampler)
         out = sample_masked(self.model, self.encode(prompts), len(images), lambda: make_scheduler(sampler, self.sampling),
                             tokens=tokens, known=known, seed=seed)
-        return to_uint8(decode(self.decoder, out["tokens"]))
+        return to_uint8_hwc(decode_tokens(self.decoder, out["tokens"]))
 
     @torch.no_grad()
     def style_mix(self, images_a: np.ndarray, images_b: np.ndarray, *, groups: Sequence[int] | None = None,
@@ -175,9 +167,6 @@ class GarmentPipeline:
         The ring of one token cell around the box is re-generated in those groups (conditioned on
         ``prompts``, or on no text when None), so the pasted part blends in; everything else is kept.
         Which attribute a group carries is learned, not fixed: notebook 05 measures it."""
-        from .sampling import style_mix as mix_tokens
-        from .synthesis import decode, make_scheduler, sample_masked
-
         if self.autoregressive:
             raise AtelierInputError(f"GarmentPipeline: {self.name} is autoregressive; style mixing needs a masked generator")
         a = self._images(images_a, "style_mix", "images_a")
@@ -198,7 +187,6 @@ class GarmentPipeline:
             if len(prompts) != len(a):
                 raise AtelierInputError(f"GarmentPipeline.style_mix: {len(prompts)} prompts for {len(a)} images")
             cond = self.encode(prompts)
-        from .generators import tokenize_images
 
         tokens, known = mix_tokens(tokenize_images(self.tokenizer, a), tokenize_images(self.tokenizer, b),
                                    region=region, channels=groups, grid_size=(H, W), harmonize=1,
@@ -206,19 +194,12 @@ class GarmentPipeline:
         sampler = self._sampler(sampler)
         out = sample_masked(self.model, cond, len(a), lambda: make_scheduler(sampler, self.sampling),
                             tokens=tokens, known=known, seed=seed)
-        return to_uint8(decode(self.decoder, out["tokens"]))
+        return to_uint8_hwc(decode_tokens(self.decoder, out["tokens"]))
 
     @staticmethod
     def save(images: np.ndarray, path: str | Path, columns: int = 8, pad: int = 2) -> Path:
         """Write ``uint8 [n, H, W, 3]`` images as one PNG grid (:func:`lib.figures.image_grid`:
         ``columns`` per row, ``pad`` white pixels between), atomically."""
-        import io as _io
-
-        from PIL import Image
-
-        from .figures import image_grid
-        from .io import atomic_write_bytes
-
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not len(images):
             raise AtelierInputError(f"GarmentPipeline.save: images must be uint8 [n, H, W, 3], got "
@@ -249,23 +230,16 @@ class ComposedSearch:
     def from_trained(cls, phase: str = "phase2", profile: str | None = None, device: str = "cpu") -> "ComposedSearch":
         """The Q-Former of ``phase`` (``phase2``, the final model; ``phase1``) with the frozen image
         feature network and MiniLM text encoder it was trained on (``retrieval`` of params.yaml)."""
-        from . import params as lib_params
-        from . import unifashion as UF
-
-        R = UF.settings(lib_params.load(profile))
+        R = lib_params.unifashion_settings(lib_params.load(profile))
         return cls(UF.load_trained(phase, device=device), UF.feature_extractor(R).to(device), UF.modification_encoder(R))
 
     def _features(self, images, what: str) -> torch.Tensor:
-        from .retrieval.features import extract_features
-
         return extract_features(GarmentPipeline._images(images, "ComposedSearch", what), self.extractor,
                                 batch_size=self.batch_size, dtype=torch.float32)
 
     @torch.no_grad()
     def index(self, images: np.ndarray) -> "ComposedSearch":
         """Embed the gallery ``uint8 [G, H, W, 3]`` (each image: ``[Q, e]`` query embeddings)."""
-        from .retrieval.evaluate import embed_images
-
         self.gallery = embed_images(self.qformer, self._features(images, "gallery images"), self.batch_size)
         return self
 
@@ -273,8 +247,6 @@ class ComposedSearch:
     def __call__(self, reference_images: np.ndarray, texts: Sequence[str], k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` gallery rows for each (reference image, modification text): ``(scores [n, k],
         rows [n, k])``, best first; scores are cosine similarities."""
-        from .retrieval.evaluate import composed_similarity, embed_composed
-
         if self.gallery is None:
             raise AtelierInputError("ComposedSearch: no gallery; call index(gallery_images) first")
         if isinstance(texts, str):

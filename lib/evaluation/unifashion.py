@@ -1,6 +1,6 @@
 """Evaluation of the UniFashion stages' models, in the paper's table layouts, and their figures.
 
-Used by the stage metrics of :mod:`lib.unifashion` and by notebooks 06 (retrieval) and 07 (captioning):
+Used by the stage metrics of :mod:`lib.stages.unifashion` and by notebooks 06 (retrieval) and 07 (captioning):
 
 - cross-modal retrieval, UniFashion Table 1 (:func:`cross_modal`): image->text / text->image R@1/5/10,
   random-100 protocol and full gallery (:func:`lib.retrieval.evaluate.cross_modal_recall`);
@@ -16,12 +16,33 @@ Used by the stage metrics of :mod:`lib.unifashion` and by notebooks 06 (retrieva
 
 from __future__ import annotations
 
+import re
+import textwrap
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .io import AtelierInputError
+from lib.data.attributes import CATEGORIES, COLOUR_NAMES, PATTERNS
+from lib.evaluation import uncertainty
+from lib.evaluation.judge_panel import attribute_targets, pooled_text
+from lib.figures import labelled_image_rows
+from lib.images import to_uint8_chw
+from lib.io import AtelierInputError
+from lib.metrics.captions import JavaNotFoundError, caption_scores
+from lib.metrics.retrieval import ranks_of_best_positive, recall_at_k
+from lib.pipelines.sampling import generate, make_scheduler
+from lib.retrieval.evaluate import (
+    composed_recall,
+    composed_similarity,
+    cross_modal_recall,
+    embed_composed,
+    embed_images,
+    embed_texts,
+    generate_captions,
+)
+from lib.retrieval.losses import max_query_similarity
+from lib.sampling import LinearGuidanceSchedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -30,8 +51,6 @@ from .io import AtelierInputError
 def cross_modal(qformer, cmr: Mapping[str, Any], R: Mapping[str, Any], seed: int = 0) -> dict:
     """UniFashion Table 1 analogue for one Q-Former: image->text / text->image R@1/5/10 over the
     full gallery and under the random-(1 + ``random_negatives``) same-category protocol."""
-    from .retrieval.evaluate import cross_modal_recall, embed_images, embed_texts
-
     img = embed_images(qformer, cmr["image_feats"])
     txt = embed_texts(qformer, cmr["text_tokens"], cmr["text_mask"])
     return cross_modal_recall(img, txt, cmr["text_image"], categories=cmr["categories"], image_groups=cmr["groups"],
@@ -42,8 +61,6 @@ def gallery_captions(qformer, decoder, categories: Mapping[str, Mapping[str, Any
                      batch_size: int = 256) -> dict[str, list[str]]:
     """UniFashion's "pregenerated candidate library": a caption for every gallery image of every
     category, generated (greedy, with the profile's instruction) from ``qformer``'s query outputs."""
-    from .retrieval.evaluate import generate_captions
-
     return {cat: generate_captions(qformer, decoder, d["gallery_feats"], batch_size, instruction=R["instruction"])
             for cat, d in categories.items()}
 
@@ -62,8 +79,6 @@ def with_caption_embeddings(qformer, categories: Mapping[str, dict], captions: M
                             encode_texts: Callable[[list[str]], Mapping[str, torch.Tensor]]) -> dict[str, dict]:
     """``categories`` with ``gallery_caption_embeds`` added: the generated gallery captions embedded by
     ``qformer``'s text side (for the ``"w/ cap"`` and ``"w/o img"`` variants)."""
-    from .retrieval.evaluate import embed_texts
-
     out = {}
     for cat, data in categories.items():
         tokens, mask = encode_distinct(list(captions[cat]), encode_texts)
@@ -80,8 +95,6 @@ def composed(qformer, categories: Mapping[str, dict], R: Mapping[str, Any],
     ``bootstrap``: ``{"resamples", "seed"}`` (params.yaml ``uncertainty``) adds ``"bootstrap":
     {variant: replicates of Avg}`` (:func:`composed_replicates`), so Table 5's "w/ cap" vs "w/o cap"
     comparison, two rankings of the same queries, gets an interval."""
-    from .retrieval.evaluate import composed_recall
-
     res = composed_recall(qformer, categories, variants=variants, ks=(10, 50), caption_weight=float(R["caption_weight"]),
                           exclude_reference=exclude_reference, return_ranks=bootstrap is not None)
     if bootstrap is not None:
@@ -93,12 +106,10 @@ def composed_replicates(per_category: Mapping[str, Mapping[str, dict]], bootstra
                         ks: Sequence[int] = (10, 50)) -> dict[str, list[float]]:
     """``{variant: replicates}`` of :func:`lib.metrics.retrieval.fashioniq_summary`'s ``Avg`` (the
     mean over ks of the category-averaged R@k) with each category's queries resampled with
-    replacement (:mod:`lib.uncertainty`, one index stream per category, the same for every variant:
+    replacement (:mod:`lib.evaluation.uncertainty`, one index stream per category, the same for every variant:
     variants are compared on the same resampled queries). Reads and removes the per-query ``ranks``
     of ``per_category[cat][variant]`` (:func:`lib.retrieval.evaluate.composed_recall` with
     ``return_ranks``), so they do not reach the metrics JSON."""
-    from . import uncertainty
-
     B, seed = int(bootstrap["resamples"]), int(bootstrap["seed"])
     cats = list(per_category)
     variants = list(per_category[cats[0]]) if cats else []
@@ -131,13 +142,9 @@ def composition_recall(qformer, categories: Mapping[str, Mapping[str, Any]], com
     Returns ``{variant: {"per_category": {cat: {"R@k"}}, "average": {"R@k"}}}``.
 
     ``bootstrap``: ``{"resamples", "seed"}`` (params.yaml ``uncertainty``): the queries of each category
-    are resampled with replacement (:mod:`lib.uncertainty`, one index stream per category, the same for
+    are resampled with replacement (:mod:`lib.evaluation.uncertainty`, one index stream per category, the same for
     every variant, so variants are compared on the same resampled queries) and the category average
     recomputed; ``average["bootstrap"] = {"R@k": replicates}``."""
-    from . import uncertainty
-    from .metrics.retrieval import ranks_of_best_positive, recall_at_k
-    from .retrieval.evaluate import composed_similarity, embed_composed, embed_images, embed_texts
-
     out = {v: {"per_category": {}} for v in variants}
     hits: dict[str, dict[str, dict[int, np.ndarray]]] = {v: {} for v in variants}
     for cat, d in categories.items():
@@ -176,8 +183,6 @@ def caption_scores_or_unavailable(references: Mapping[Any, Sequence[str]], candi
                                   metrics: Sequence[str] = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")) -> dict:
     """:func:`lib.metrics.captions.caption_scores`; without Java (its tokenizer and METEOR need it)
     every metric is reported as ``None`` with the reason under ``"unavailable"``."""
-    from .metrics.captions import JavaNotFoundError, caption_scores
-
     try:
         return caption_scores(references, candidates, metrics)
     except JavaNotFoundError as err:
@@ -186,11 +191,9 @@ def caption_scores_or_unavailable(references: Mapping[Any, Sequence[str]], candi
 
 def caption_eval(qformer, decoder, ws, n: int, metrics: Sequence[str] = ("BLEU-4", "METEOR", "ROUGE-L",
                                                                                      "CIDEr")) -> dict:
-    """Captions of the first ``n`` images of ``cmr_split`` (``ws``: a :class:`lib.unifashion.Workspace`) (greedy, the profile's instruction) scored
+    """Captions of the first ``n`` images of ``cmr_split`` (``ws``: a :class:`lib.stages.unifashion.Workspace`) (greedy, the profile's instruction) scored
     against their reference captions (UniFashion Table 2 analogue). Returns ``{"scores", "captions",
     "references", "rows"}``."""
-    from .retrieval.evaluate import generate_captions
-
     split = ws.selection["cmr_split"]
     n = min(int(n), int(ws.selection["cmr_images"]))
     names = [str(x) for x in ws.arrays[split]["names"][:n]]
@@ -205,10 +208,6 @@ def caption_attribute_accuracy(captions: Sequence[str], arrays: Mapping[str, np.
     """How often a generated caption names the image's category, colour and pattern correctly
     (any synonym of :mod:`lib.data.attributes`; a caption that names two colours or two patterns
     is wrong on that attribute). Plain images may say so or not mention a pattern."""
-    import re
-
-    from .data.attributes import CATEGORIES, COLOUR_NAMES, PATTERNS
-
     def found(text, phrases):
         return [i for i, ps in enumerate(phrases) if any(re.search(rf"(?<![\w-]){re.escape(p)}(?![\w-])", text)
                                                         for p in ps)]
@@ -236,8 +235,6 @@ def caption_attribute_accuracy(captions: Sequence[str], arrays: Mapping[str, np.
 def composed_topk(qformer, data: Mapping[str, Any], k: int = 5, queries: Sequence[int] = (0, 1, 2)) -> list[dict]:
     """Top-``k`` gallery ids of the composed query (variant ``"full"``, reference excluded) for the
     chosen query rows of one category: ``[{"reference", "text", "target", "top": [ids]}]``."""
-    from .retrieval.evaluate import composed_similarity, embed_composed, embed_images
-
     q = list(queries)
     comp = embed_composed(qformer, data["reference_feats"][q], data["text_tokens"][q], data["text_mask"][q])
     sim = composed_similarity("full", embed_images(qformer, data["gallery_feats"]), composed=comp)
@@ -292,10 +289,6 @@ def table4_row(summary: Mapping[str, Any]) -> dict:
 def composed_figure(ws, examples: Sequence[Mapping[str, Any]], split: str, title: str):
     """One row per composed query: the reference image (grey frame), then the top results, the
     target framed green; the modification text labels the row."""
-    import textwrap
-
-    from .figures import labelled_image_rows
-
     rows = []
     for ex in examples:
         ref = framed(ws.images_of(split, [ex["reference"]]), [True], colour=(150, 150, 150))
@@ -307,9 +300,6 @@ def composed_figure(ws, examples: Sequence[Mapping[str, Any]], split: str, title
 
 def text_to_image_topk(qformer, cmr: Mapping[str, Any], queries: Sequence[int], k: int = 5) -> list[dict]:
     """Top-``k`` images (indices into ``cmr["image_feats"]``) for the chosen caption queries."""
-    from .retrieval.evaluate import embed_images, embed_texts
-    from .retrieval.losses import max_query_similarity
-
     q = torch.as_tensor(list(queries), dtype=torch.long)
     sim = max_query_similarity(embed_images(qformer, cmr["image_feats"]),
                                embed_texts(qformer, cmr["text_tokens"][q], cmr["text_mask"][q])).T
@@ -324,10 +314,6 @@ def text_to_image_topk(qformer, cmr: Mapping[str, Any], queries: Sequence[int], 
 
 def text_to_image_figure(cmr: Mapping[str, Any], examples: Sequence[Mapping[str, Any]], title: str):
     """One row per caption query: its top images, those of the query's composition framed green."""
-    import textwrap
-
-    from .figures import labelled_image_rows
-
     rows = [("\n".join(textwrap.wrap(f"'{ex['text']}'", 34)), framed(cmr["images"][ex["top"]], ex["correct"]))
             for ex in examples]
     return labelled_image_rows(rows, title=title, scale=0.75)
@@ -336,8 +322,7 @@ def text_to_image_figure(cmr: Mapping[str, Any], examples: Sequence[Mapping[str,
 def caption_figure(images: np.ndarray, generated: Sequence[str], references: Sequence[Sequence[str]],
                    title: str, ncol: int = 4):
     """Images with the generated caption (bold) and the first reference caption under each."""
-    import textwrap
-
+    # plotting only when a figure is drawn (stages that make none skip it)
     import matplotlib.pyplot as plt
 
     n = len(images)
@@ -391,16 +376,13 @@ def composed_queries(qformer, inputs: Mapping[str, Any], source: str = "composed
         return qformer.composed_outputs(feats, inputs["text_tokens"].float(), inputs["text_mask"])[0]
     if source == "reference":
         return qformer.query_outputs(feats)
-    raise ValueError(f"source must be 'composed' or 'reference', got {source!r}")
+    raise AtelierInputError(f"source must be 'composed' or 'reference', got {source!r}")
 
 
 def generate_from_queries(qgen, dec, q: torch.Tensor, settings: Mapping[str, Any], guidance_scale: float,
                           seed: int = 0, sampler: str = "maskgit", progress: bool = False) -> dict:
     """Images from query outputs through the adapter and generator: MaskGIT (or SMART) decoding with
     Muse's linearly increasing classifier-free guidance (the unconditional branch drops the queries)."""
-    from .sampling import LinearGuidanceSchedule
-    from .synthesis import generate, make_scheduler
-
     steps = make_scheduler(sampler, settings).num_steps
     guidance = LinearGuidanceSchedule(guidance_scale, steps) if guidance_scale > 0 else 0.0
     return generate(qgen.generator, dec, qgen.condition(q), len(q), sampler, settings, guidance=guidance, seed=seed,
@@ -412,8 +394,6 @@ def composed_generation_rows(panel, ws, inputs: Mapping[str, Any], images: Mappi
     """One row per image set (name -> float images ``[n,3,H,W]`` in [-1, 1], aligned with ``inputs``):
     attribute accuracy against the *target's* category / colour / pattern, CLIP-score stand-in
     against the target's first caption, classifier score, FID / KID against the real test images."""
-    from .scoring import attribute_targets, pooled_text
-
     split = inputs["split"]
     arrays = ws.arrays[split]
     targets = attribute_targets(arrays, inputs["target_rows"])
@@ -431,17 +411,24 @@ def composed_generation_figure(ws, inputs: Mapping[str, Any], images: Mapping[st
                                picks: Sequence[int], title: str):
     """One row per query: reference, target, then each generated set's image; the modification text
     labels the row."""
-    import textwrap
-
-    from .figures import labelled_image_rows
-    from .scoring import to_uint8
-
     split = inputs["split"]
     rows = []
     for i in picks:
         ref = framed(ws.images_of(split, [inputs["reference_ids"][i]]), [True], colour=(150, 150, 150))
         tgt = framed(ws.images_of(split, [inputs["target_ids"][i]]), [True])
-        gen = [to_uint8(imgs[i:i + 1]).permute(0, 2, 3, 1).numpy() for imgs in images.values()]
+        gen = [to_uint8_chw(imgs[i:i + 1]).permute(0, 2, 3, 1).numpy() for imgs in images.values()]
         label = "\n".join(textwrap.wrap(f"'{inputs['texts'][i]}'", 34))
         rows.append((label, np.concatenate([ref, tgt, *gen])))
     return labelled_image_rows(rows, title=title, scale=0.75)
+
+
+STAND_INS = ("FashionGen -> colourised Fashion-MNIST images with templated captions (lib/data/build.py); "
+             "Fashion-IQ -> our Fashion-IQ-format triplets (dress = Dress, shirt = Shirt, toptee = T-shirt/top; "
+             "same file format and R@10/R@50 protocol); EVA-ViT-g -> frozen ImageNet EfficientNet-Lite0 feature maps; "
+             "BLIP-2's BERT-initialised Q-Former -> a small Q-Former trained from scratch on frozen all-MiniLM-L6-v2 "
+             "token features; LLaVA/Vicuna LLM -> a small caption decoder trained from scratch; "
+             "Stable Diffusion v1.4 -> our Muse-style masked token generator (text-to-image model `generation.models`, "
+             "fine-tuned from Q-Former queries through a linear adapter) on 32x32 VQ tokens; "
+             "phase 2 follows Sec. 4.1 (only the Q-Former is tuned; the caption decoder, the generator and both "
+             "adapters stay frozen), where Sec. 3.2.2 also tunes the task adapters and the diffusion model "
+             "(the paper says both)")

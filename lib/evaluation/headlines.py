@@ -6,7 +6,7 @@ characters). ``reproduce/headlines.yaml`` names, per table, the few numbers the 
 module copies exactly those into ``results/headlines/<name>.json``, one file per table row, with a
 small shared set of column names. It quotes numbers, never computes them.
 
-    python -m lib.headlines [--spec reproduce/headlines.yaml] [--out results/headlines]
+    python -m lib.evaluation.headlines [--spec reproduce/headlines.yaml] [--out results/headlines]
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from .io import AtelierInputError, atomic_write_json, read_json
-from .paths import out_root, repo_root
+from lib.io import AtelierInputError, atomic_write_json, read_json
+from lib.store import out_root, repo_root
 
 SLUG_MAX = 32  # per label field: keeps `dvc metrics show` under 200 columns
 

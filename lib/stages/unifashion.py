@@ -1,12 +1,12 @@
 """UniFashion's retrieval and captioning side as pipeline stages: settings, data, the DVC stage driver.
 
 UniFashion (Zhao et al., 2024) trains in two phases (Sec. 3.1, 3.2, 4.1); each step here is one
-DVC stage (``python -m lib.unifashion <phase> --profile P``), built on :mod:`lib.retrieval`:
+DVC stage (``python -m lib.stages.unifashion <phase> --profile P``), built on :mod:`lib.retrieval`:
 
 - ``features``: frozen EfficientNet-Lite0 feature maps of the images the later phases use
   (:mod:`lib.retrieval.features`; the EVA-ViT-g stand-in) and frozen MiniLM token features of the
   Fashion-IQ queries ("<caption 1> and <caption 2>", ``modification_max_length`` tokens). Caption
-  token features come from the ``text_features`` stage (``artifacts/text``, :func:`lib.generators.text_table`).
+  token features come from the ``text_features`` stage (``artifacts/text``, :func:`lib.stages.generator.text_table`).
 - ``phase1``: phase 1, cross-modal pre-training of the Q-Former with ITC + ITM (Eq. 3-5).
 - ``captioner``: phase 1, the caption decoder (the LLM's stand-in) with the Q-Former frozen (Eq. 6),
   instruction-tuned with a Table 7 prompt.
@@ -32,60 +32,69 @@ composition completely, so images of one composition share their captions in tra
 (:func:`composition_caption_ids`) and count as matches in evaluation, like FashionGen's several views
 of one product.
 
-Outputs (below :func:`lib.paths.out_root`): ``artifacts/unifashion/<phase>/...`` (features,
+Outputs (below :func:`lib.store.out_root`): ``artifacts/unifashion/<phase>/...`` (features,
 checkpoints) and ``results/06_unifashion/<phase>/{metrics.json,loss.json}``. Evaluation in the
-paper's table layouts lives in :mod:`lib.unifashion_eval`.
+paper's table layouts lives in :mod:`lib.evaluation.unifashion`.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from . import params as lib_params
-from .io import AtelierInputError, atomic_write_json, read_json
-from .paths import out_root
-
-STAGE = "06_unifashion"
-PHASES = ("features", "phase1", "captioner", "generator", "phase2")
-ENV_PARAMS = "ATELIER_PARAMS"
-QFORMER_FILE = "qformer.safetensors"
-QFORMER_BASE_FILE = "qformer_base.safetensors"
-DECODER_FILE = "decoder.safetensors"
-GENERATOR_FILE = "query_generator.safetensors"
-TOKENS_FILE = "train_tokens.safetensors"
+import lib.config as lib_params
+import lib.store.tokenizers as tokenizer_store
+from lib.config import load_params
+from lib.data.caption_dataset import load_split
+from lib.evaluation.unifashion import STAND_INS, caption_attribute_accuracy, caption_eval, composed, cross_modal
+from lib.generation import TextFeatureTable, masked_token_accuracy
+from lib.io import AtelierInputError, atomic_write_json, load_checkpoint, save_checkpoint, sha256_file
+from lib.pipelines.unifashion import (
+    Workspace,
+    check_ids_in_split,
+    build_decoder,
+    build_qformer,
+    build_vocab,
+    evaluable_triplets,
+    fashioniq_split,
+    feature_extractor,
+    generation_backbone,
+    load_trained,
+    modification_encoder,
+    query_texts,
+)
+from lib.provenance import run_info, write_metrics
+from lib.retrieval.features import cached_features
+from lib.retrieval.query_generation import QueryAdapter, QueryGenerator, train_query_generator
+from lib.retrieval.train import train_phase1_captioner, train_phase1_qformer, train_phase2_composed
+from lib.stages import tokens as TOK
+from lib.store import caption_root, out_root
+from lib.store.unifashion import (
+    PHASES,
+    decoder_path,
+    generator_path,
+    image_features_path,
+    loss_path,
+    metrics_path,
+    modification_table_path,
+    qformer_path,
+    selection_path,
+    train_tokens_path,
+)
+from lib.training import write_loss_curve
 
 #: What stands in for the paper's data and models (said once, used by both notebooks' tables).
-STAND_INS = ("FashionGen -> colourised Fashion-MNIST images with templated captions (lib/data/build.py); "
-             "Fashion-IQ -> our Fashion-IQ-format triplets (dress = Dress, shirt = Shirt, toptee = T-shirt/top; "
-             "same file format and R@10/R@50 protocol); EVA-ViT-g -> frozen ImageNet EfficientNet-Lite0 feature maps; "
-             "BLIP-2's BERT-initialised Q-Former -> a small Q-Former trained from scratch on frozen all-MiniLM-L6-v2 "
-             "token features; LLaVA/Vicuna LLM -> a small caption decoder trained from scratch; "
-             "Stable Diffusion v1.4 -> our Muse-style masked token generator (text-to-image model `generation.models`, "
-             "fine-tuned from Q-Former queries through a linear adapter) on 32x32 VQ tokens; "
-             "phase 2 follows Sec. 4.1 (only the Q-Former is tuned; the caption decoder, the generator and both "
-             "adapters stay frozen), where Sec. 3.2.2 also tunes the task adapters and the diffusion model "
-             "(the paper says both)")
-
-
 # ---------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------
-#: the ``retrieval`` section's schema and checker live in lib.params (torch-free, issue 16)
-settings = lib_params.retrieval_settings
-
-
-def load_params(profile: str, path: str | Path | None = None) -> dict:
-    """``lib.params.load(profile, path)``; ``path`` defaults to ``$ATELIER_PARAMS`` when set (tests),
-    else the repository's ``params.yaml``."""
-    return lib_params.load(profile, path or os.environ.get(ENV_PARAMS) or None)
+#: the ``retrieval`` section's schema and checker live in lib.config (torch-free, issue 16)
+settings = lib_params.unifashion_settings
 
 
 def warmup_steps(R: Mapping[str, Any], steps: int) -> int:
@@ -95,86 +104,9 @@ def warmup_steps(R: Mapping[str, Any], steps: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Paths (nothing is created here: writers create parents atomically)
 # ---------------------------------------------------------------------------------------------
-def artifact_dir(phase: str) -> Path:
-    if phase not in PHASES:
-        raise AtelierInputError(f"phase must be one of {PHASES}, got {phase!r}")
-    return out_root() / "artifacts" / "unifashion" / phase
-
-
-def metrics_path(phase: str) -> Path:
-    return out_root() / "results" / STAGE / phase / "metrics.json"
-
-
-def loss_path(phase: str, variant: str = "") -> Path:
-    return out_root() / "results" / STAGE / phase / f"loss{'_' + variant if variant else ''}.json"
-
-
-def image_features_path(split: str) -> Path:
-    return artifact_dir("features") / f"images_{split}.safetensors"
-
-
-def modification_table_path() -> Path:
-    return artifact_dir("features") / "modification_texts.safetensors"
-
-
-def selection_path() -> Path:
-    return artifact_dir("features") / "selection.json"
-
-
-def qformer_path(phase: str, base: bool = False) -> Path:
-    if phase not in ("phase1", "phase2"):
-        raise AtelierInputError(f"Q-Former checkpoints exist for phase1 and phase2, not {phase!r}")
-    if base and phase != "phase2":
-        raise AtelierInputError("only phase 2 has a 'base' Q-Former (Eq. 10 without the caption decoder)")
-    return artifact_dir(phase) / (QFORMER_BASE_FILE if base else QFORMER_FILE)
-
-
-def decoder_path() -> Path:
-    return artifact_dir("captioner") / DECODER_FILE
-
-
-def generator_path() -> Path:
-    return artifact_dir("generator") / GENERATOR_FILE
-
-
-def train_tokens_path() -> Path:
-    return artifact_dir("generator") / TOKENS_FILE
-
-
-def caption_root() -> Path:
-    return out_root() / "artifacts" / "data" / "captions"
-
-
 # ---------------------------------------------------------------------------------------------
 # Data: which images, Fashion-IQ queries
 # ---------------------------------------------------------------------------------------------
-def fashioniq_split(root: str | Path, split: str, categories: Sequence[str] | None = None,
-                    check_images: bool = True) -> dict:
-    """``{category: FashionIQ}`` of one split of a Fashion-IQ root (ours or the real release)."""
-    from .data.fashioniq import CATEGORIES, FashionIQ
-
-    return {cat: FashionIQ(root, cat, split, check_images=check_images) for cat in (categories or CATEGORIES)}
-
-
-def _check_ids_in_split(fiq, ids, row_of: Mapping[str, int], split: str, root) -> None:
-    """Every image a Fashion-IQ split names (gallery, candidates, targets) must be an image of the
-    caption dataset's ``split``: an id of another split (an image file that exists, but a train
-    image in a test gallery) would otherwise surface as a bare ``KeyError`` (issue 18)."""
-    missing = sorted(i for i in ids if i not in row_of)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise AtelierInputError(
-            f"{fiq.split_file} / {fiq.captions_file}: {len(missing)} image id(s) not in the {split!r} split of "
-            f"{root} ({shown}); a {split} gallery and its triplets may only name {split} images")
-
-
-def evaluable_triplets(fiq, limit: Optional[int] = None) -> list:
-    """The triplets of a :class:`~lib.data.fashioniq.FashionIQ` split that have a target (the
-    official test split withholds them), the first ``limit`` of them."""
-    trips = [t for t in fiq.triplets if t.target is not None]
-    return trips if limit is None else trips[:int(limit)]
-
-
 def select_train_images(names: Sequence[str], triplets: Mapping[str, Sequence], train_images: int,
                         triplets_per_category: int, seed: int) -> tuple[np.ndarray, dict[str, int]]:
     """Rows of the train split to compute features of, and the number of triplets kept per category.
@@ -196,100 +128,19 @@ def select_train_images(names: Sequence[str], triplets: Mapping[str, Sequence], 
                 needed.add(row[image_id])
     if len(needed) > train_images:
         raise AtelierInputError(
-            f"retrieval.train_images = {train_images} is smaller than the {len(needed)} images of the "
-            f"{triplets_per_category} triplets per category (retrieval.train_triplets_per_category): raise it")
+            f"unifashion.train_images = {train_images} is smaller than the {len(needed)} images of the "
+            f"{triplets_per_category} triplets per category (unifashion.train_triplets_per_category): raise it")
     rest = np.setdiff1d(np.arange(len(names)), np.fromiter(needed, dtype=np.int64, count=len(needed)))
     extra = np.random.default_rng(seed).choice(rest, size=min(train_images - len(needed), len(rest)), replace=False)
     return np.sort(np.concatenate([np.fromiter(needed, dtype=np.int64, count=len(needed)), extra])), kept
 
 
-def query_texts(fiq, triplets: Sequence) -> list[str]:
-    return [fiq.query_text(t) for t in triplets]
-
-
-def composed_inputs(fiqs: Mapping[str, Any], image_features: Callable[[Any, list[str]], torch.Tensor],
-                    text_features: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
-                    max_queries: Optional[int] = None) -> dict[str, dict]:
-    """The ``categories`` argument of :func:`lib.retrieval.evaluate.composed_recall` for Fashion-IQ
-    splits (``{category: FashionIQ}``): per category the evaluable queries (reference image +
-    both relative captions joined, :meth:`FashionIQ.query_text`) and the split's whole image gallery.
-
-    ``image_features(fiq, ids) -> [n, S, C_f]`` and ``text_features(texts) -> (tokens [n, L, 384],
-    mask [n, L])`` supply the frozen features (from files, or from a cache).
-    """
-    out = {}
-    for cat, fiq in fiqs.items():
-        trips = evaluable_triplets(fiq, max_queries)
-        if not trips:
-            raise AtelierInputError(f"{fiq.captions_file}: no triplet with a target to evaluate")
-        texts = query_texts(fiq, trips)
-        tokens, mask = text_features(texts)
-        refs, gallery = [t.candidate for t in trips], list(fiq.gallery)
-        # every image once: references are usually gallery images too
-        ids = list(dict.fromkeys(gallery + refs))
-        feats = image_features(fiq, ids)
-        where = {i: r for r, i in enumerate(ids)}
-        out[cat] = {"reference_feats": feats[[where[i] for i in refs]], "text_tokens": tokens, "text_mask": mask,
-                    "target_ids": [t.target for t in trips], "reference_ids": refs,
-                    "gallery_feats": feats[:len(gallery)], "gallery_ids": gallery, "texts": texts}
-    return out
-
-
-def load_fashioniq_images(fiq, ids: Sequence[str], size: Optional[int] = None) -> np.ndarray:
-    """uint8 ``[n, H, W, 3]`` images of ``ids`` read from a Fashion-IQ root (resized to ``size``)."""
-    images = [np.asarray(fiq.load_image(i, size)) for i in ids]
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise AtelierInputError(f"{fiq.image_root}: images have different sizes {sorted(shapes)[:3]}; pass size=")
-    return np.stack(images)
-
-
-def real_fashioniq_inputs(root: str | Path, split: str, extractor: torch.nn.Module,
-                          encode_texts: Callable[[list[str]], Mapping[str, torch.Tensor]], *,
-                          image_size: Optional[int] = 256, categories: Sequence[str] | None = None,
-                          max_queries: Optional[int] = None, batch_size: int = 32) -> dict[str, dict]:
-    """:func:`composed_inputs` of a real Fashion-IQ root: images read from ``images/``, resized to
-    ``image_size`` and passed through the frozen ``extractor`` (:mod:`lib.retrieval.features`);
-    query texts through ``encode_texts(list) -> {"tokens", "mask"}`` (e.g.
-    ``lib.text.encoder.shared_encoder(32).encode``). Feed the result to
-    :func:`lib.retrieval.evaluate.composed_recall`."""
-    from .retrieval.features import extract_features
-
-    def image_features(fiq, ids):  # in chunks: a real split's images would not fit in memory at once
-        chunk = 16 * batch_size
-        return torch.cat([extract_features(load_fashioniq_images(fiq, ids[i:i + chunk], image_size), extractor,
-                                           batch_size) for i in range(0, len(ids), chunk)])
-
-    def text_features(texts):
-        enc = encode_texts(list(texts))
-        return enc["tokens"], enc["mask"]
-
-    return composed_inputs(fashioniq_split(root, split, categories), image_features, text_features, max_queries)
-
-
 # ---------------------------------------------------------------------------------------------
 # The features stage and what the later stages read back
 # ---------------------------------------------------------------------------------------------
-def feature_extractor(R: Mapping[str, Any]):
-    from .retrieval.features import feature_extractor as make
-
-    return make("efficientnet", size=int(R["image_size"]), out_index=int(R["out_index"]))
-
-
-def modification_encoder(R: Mapping[str, Any]):
-    from .text.encoder import FrozenTextEncoder
-
-    return FrozenTextEncoder(max_length=int(R["modification_max_length"]))
-
-
 def run_features(P: Mapping[str, Any], progress: bool = True) -> dict:
     """The ``unifashion_features`` stage: choose the images, cache their frozen features and the
     query texts' MiniLM token features, write ``selection.json`` and the stage metrics."""
-    from .data.caption_dataset import load_split
-    from .generation import TextFeatureTable
-    from .provenance import run_info, write_metrics
-    from .retrieval.features import cached_features
-
     R, seed = settings(P), int(P["seed"])
     root = caption_root()
     t0 = time.perf_counter()
@@ -310,7 +161,7 @@ def run_features(P: Mapping[str, Any], progress: bool = True) -> dict:
     for cat, fiq in fiq_eval.items():
         trips = evaluable_triplets(fiq, R["composed_queries"])
         ids = set(fiq.gallery) | {t.candidate for t in trips} | {t.target for t in trips}
-        _check_ids_in_split(fiq, ids, row_of, R["composed_split"], root)
+        check_ids_in_split(fiq, ids, row_of, R["composed_split"], root)
         eval_rows.setdefault(R["composed_split"], set()).update(row_of[i] for i in ids)
         texts.update(query_texts(fiq, trips))
     for cat, fiq in fiq_train.items():
@@ -348,224 +199,9 @@ def run_features(P: Mapping[str, Any], progress: bool = True) -> dict:
     return metrics
 
 
-@dataclass
-class Workspace:
-    """Everything the training phases and the notebooks read: cached image features (rows named by
-    image id), split arrays and captions, the caption and query-text token tables, the selection."""
-
-    R: dict
-    seed: int
-    selection: dict
-    arrays: dict
-    captions: dict
-    feats: dict
-    row: dict
-    caption_table: Any
-    caption_ids: dict
-    modification_table: Any
-
-    @classmethod
-    def load(cls, P: Mapping[str, Any], splits: Sequence[str] | None = None) -> "Workspace":
-        from .data.caption_dataset import load_split
-        from .generation import TextFeatureTable
-        from .generators import load_captions, text_table, text_table_path
-        from .io import load_checkpoint
-
-        R = settings(P)
-        if not selection_path().is_file():
-            raise AtelierInputError(f"{selection_path()}: missing; run the unifashion_features stage first "
-                                    f"(python -m lib.unifashion features --profile {P['profile']})")
-        if not text_table_path().is_file():
-            raise AtelierInputError(f"{text_table_path()}: missing; run the text_features stage first "
-                                    f"(python -m lib.generators text-features --profile {P['profile']})")
-        sel = read_json(selection_path())
-        splits = list(splits or sel["rows"])
-        arrays, feats, row = {}, {}, {}
-        for split in splits:
-            arrays[split] = load_split(caption_root(), split)
-            feats[split] = load_checkpoint(image_features_path(split))[0]["features"]
-            names = sel["names"][split]
-            if len(names) != len(feats[split]):
-                raise AtelierInputError(f"{image_features_path(split)}: {len(feats[split])} rows, selection.json "
-                                        f"names {len(names)}; rerun the unifashion_features stage")
-            row[split] = {n: i for i, n in enumerate(names)}
-        table, ids = text_table(progress=False)
-        tensors, meta = load_checkpoint(modification_table_path())
-        mod = TextFeatureTable(tensors["tokens"], tensors["mask"].bool(), meta.get("texts"))
-        return cls(R, int(P["seed"]), sel, arrays, load_captions(), feats, row, table, ids, mod)
-
-    # -- lookups ---------------------------------------------------------------------------------
-    def features_of(self, split: str, ids: Sequence[str]) -> torch.Tensor:
-        rows = self.row[split]
-        missing = [i for i in ids if i not in rows]
-        if missing:
-            raise AtelierInputError(f"{len(missing)} image(s) of split {split!r} have no cached features, e.g. "
-                                    f"{missing[:3]}: rerun the unifashion_features stage")
-        return self.feats[split][torch.tensor([rows[i] for i in ids], dtype=torch.long)]
-
-    def modification_rows(self, texts: Sequence[str]) -> torch.Tensor:
-        where = {t: i for i, t in enumerate(self.modification_table.texts)}
-        missing = [t for t in texts if t not in where]
-        if missing:
-            raise AtelierInputError(f"{len(missing)} query text(s) are not in {modification_table_path()}, e.g. "
-                                    f"{missing[:2]}: rerun the unifashion_features stage")
-        return torch.tensor([where[t] for t in texts], dtype=torch.long)
-
-    def modification_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        r = self.modification_rows(texts)
-        return self.modification_table.tokens[r], self.modification_table.mask[r]
-
-    def fashioniq(self, split: str) -> dict:
-        return fashioniq_split(caption_root() / "fashioniq", split, check_images=False)
-
-    # -- training data ---------------------------------------------------------------------------
-    @property
-    def train_rows(self) -> np.ndarray:
-        return np.asarray(self.selection["rows"]["train"], dtype=np.int64)
-
-    def train_caption_ids(self) -> torch.Tensor:
-        """``[N_sel, c]`` caption-table rows for the selected train images (feature-row order): every
-        caption of the image's (category, colour, pattern) composition (see :func:`composition_caption_ids`)."""
-        rows = self.train_rows
-        return composition_caption_ids(composition_ids(self.arrays["train"], rows),
-                                       self.caption_ids["train"][torch.from_numpy(rows)])
-
-    def train_triplets(self) -> dict:
-        """Phase-2 triplets as feature rows of the train split and query-text rows:
-        ``{"reference", "target", "text_rows", "texts"}``."""
-        ref, tgt, texts = [], [], []
-        for cat, fiq in self.fashioniq("train").items():
-            trips = fiq.triplets[:self.selection["train_triplets_per_category"][cat]]
-            ref += [t.candidate for t in trips]
-            tgt += [t.target for t in trips]
-            texts += query_texts(fiq, trips)
-        rows = self.row["train"]
-        return {"reference": torch.tensor([rows[i] for i in ref]), "target": torch.tensor([rows[i] for i in tgt]),
-                "text_rows": self.modification_rows(texts), "texts": texts}
-
-    def caption_texts(self, rows: torch.Tensor) -> list[str]:
-        return [self.caption_table.texts[int(i)] for i in rows]
-
-    # -- evaluation data -------------------------------------------------------------------------
-    def cmr_inputs(self) -> dict:
-        """Cross-modal retrieval on the first ``cmr_images`` images of ``cmr_split``, every caption a
-        text query. Groups: an image's (category, colour, pattern) composition, which its captions
-        describe completely (captions of two images with the same composition are interchangeable,
-        like FashionGen's several poses of one product)."""
-        split = self.selection["cmr_split"]
-        n = int(self.selection["cmr_images"])
-        a = self.arrays[split]
-        names = [str(x) for x in a["names"][:n]]
-        cap_rows = self.caption_ids[split][:n]  # [n, c]
-        flat = cap_rows.reshape(-1)
-        return {"image_feats": self.features_of(split, names), "text_tokens": self.caption_table.tokens[flat],
-                "text_mask": self.caption_table.mask[flat], "text_rows": flat,
-                "text_image": torch.arange(n).repeat_interleave(cap_rows.shape[1]),
-                "categories": a["category"][:n], "groups": composition_ids(a, np.arange(n)),
-                "images": a["images"][:n], "texts": self.caption_texts(flat), "split": split}
-
-    def composed_categories(self) -> dict:
-        """:func:`composed_inputs` of ``composed_split`` from the cached features."""
-        split = self.selection["composed_split"]
-        return composed_inputs(self.fashioniq(split), lambda fiq, ids: self.features_of(split, ids),
-                               self.modification_features, self.selection["composed_queries"])
-
-    def composition_of(self, split: str) -> dict[str, int]:
-        """Image id -> (category, colour, pattern) composition id, for every image of ``split``."""
-        a = self.arrays[split]
-        return dict(zip((str(n) for n in a["names"]), composition_ids(a, np.arange(len(a["names"]))).tolist()))
-
-    def images_of(self, split: str, ids: Sequence[str]) -> np.ndarray:
-        where = {str(n): i for i, n in enumerate(self.arrays[split]["names"])}
-        return self.arrays[split]["images"][[where[i] for i in ids]]
-
-
-def composition_ids(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """One integer per (category, colour, pattern) composition of the images ``rows``."""
-    return (arrays["category"][rows] * 100 + arrays["colour"][rows] * 10 + arrays["pattern"][rows]).astype(np.int64)
-
-
-def composition_caption_ids(compositions: np.ndarray, caption_ids: torch.Tensor) -> torch.Tensor:
-    """``[N, c_max]``: for every image, the distinct caption rows of all images of its composition
-    (cycled to the longest such list).
-
-    Our templated captions describe an image's composition completely (no caption text occurs for
-    two compositions), so images of one composition share their captions, like FashionGen's views
-    of one product. Phase 1 draws an image's caption from this list, and the training losses then
-    count another image of the same composition as a positive for it, not as a (hard) negative."""
-    compositions = np.asarray(compositions)
-    if len(compositions) != len(caption_ids):
-        raise AtelierInputError(f"{len(compositions)} compositions for {len(caption_ids)} caption rows")
-    lists = {c: np.unique(caption_ids[torch.from_numpy(np.flatnonzero(compositions == c))].numpy())
-             for c in np.unique(compositions)}
-    width = max(len(v) for v in lists.values())
-    return torch.from_numpy(np.stack([np.resize(lists[c], width) for c in compositions]).astype(np.int64))
-
-
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------
-def build_qformer(R: Mapping[str, Any], image_feats: torch.Tensor):
-    from .retrieval.qformer import QFormer
-
-    q = R["qformer"]
-    return QFormer(image_dim=int(image_feats.shape[-1]), num_image_tokens=int(image_feats.shape[1]),
-                   num_queries=q["num_queries"], dim=q["dim"], num_layers=q["num_layers"], heads=q["heads"],
-                   embed_dim=q["embed_dim"], cross_every=q["cross_every"], ffn_mult=q["ffn_mult"],
-                   dropout=float(q["dropout"]))
-
-
-def build_vocab(captions: Sequence[str]):
-    from .retrieval.caption_decoder import INSTRUCTIONS, CaptionVocab
-
-    return CaptionVocab.build(captions, extra_texts=INSTRUCTIONS.values())
-
-
-def build_decoder(R: Mapping[str, Any], vocab, qformer):
-    from .retrieval.caption_decoder import INSTRUCTIONS, CaptionDecoder
-
-    d = R["decoder"]
-    return CaptionDecoder(vocab, query_dim=qformer.dim, num_queries=qformer.num_queries, dim=d["dim"],
-                          num_layers=d["num_layers"], heads=d["heads"], num_prefix=d["num_prefix"],
-                          max_len=d["max_len"], dropout=0.0, instructions=INSTRUCTIONS)
-
-
-def load_trained(phase: str, base: bool = False, device: str = "cpu"):
-    """A trained Q-Former (``phase1``/``phase2``, ``base`` for phase 2 without the decoder), the
-    caption decoder (``captioner``) or the query generator (``generator``: adapter + generator),
-    in eval mode; a missing checkpoint names its stage."""
-    from .retrieval import load_caption_decoder, load_qformer
-    from .retrieval.query_generation import load_query_generator
-
-    path = {"captioner": decoder_path, "generator": generator_path}.get(phase, lambda: qformer_path(phase, base))()
-    if not path.is_file():
-        raise AtelierInputError(f"{path}: missing; run the unifashion_{phase} stage first")
-    if phase == "captioner":
-        return load_caption_decoder(path, device)
-    return load_query_generator(path, device) if phase == "generator" else load_qformer(path, device)
-
-
-def generation_backbone(P: Mapping[str, Any], R: Mapping[str, Any]):
-    """``(generator, tokenizer, decoder tokenizer)``: the trained text-to-image model
-    ``retrieval.generator.model`` (a ``generation.models`` entry) the generator phase starts from."""
-    from .generators import load_trained as load_generator_model
-
-    name = R["generator"]["model"]
-    if name not in P["generation"]["models"]:
-        raise AtelierInputError(f"params.yaml: retrieval.generator.model {name!r} is not in generation.models "
-                                f"(known: {', '.join(P['generation']['models'])})")
-    entry = P["generation"]["models"][name]
-    if entry["kind"] != "masked" or entry["text_mode"] != "cross_attention":
-        raise AtelierInputError(f"params.yaml: retrieval.generator.model {name!r} must be a masked model with "
-                                f"text_mode cross_attention (Muse), got {entry['kind']} / {entry['text_mode']}")
-    return load_generator_model(P, name)
-
-
-def decoder_of(P: Mapping[str, Any], R: Mapping[str, Any]):
-    """The tokenizer that turns the query generator's tokens into pixels (the backbone's ``decode_with``)."""
-    return generation_backbone(P, R)[2]
-
-
 def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     extra = length - tokens.shape[1]
     if extra < 0:
@@ -582,9 +218,6 @@ def _mean_last(history: list[dict], key: str, n: int = 20) -> Optional[float]:
 
 
 def _prov(P: Mapping[str, Any], phase: str, R: Mapping[str, Any], **extra: Any) -> dict:
-    from .io import sha256_file
-    from .provenance import run_info
-
     ckpts = {}
     for name, path in (("qformer_phase1", qformer_path("phase1")), ("decoder", decoder_path()),
                        ("query_generator", generator_path()),
@@ -598,11 +231,6 @@ def _prov(P: Mapping[str, Any], phase: str, R: Mapping[str, Any], **extra: Any) 
 def run_phase1(P: Mapping[str, Any], progress: bool = True) -> dict:
     """The ``unifashion_phase1`` stage: the Q-Former with ITC + ITM (Eq. 5) on the selected train
     images and their captions; metrics include the Table 1 protocol on ``cmr_split``."""
-    from .provenance import write_metrics
-    from .retrieval.train import train_phase1_qformer
-    from .training import write_loss_curve
-    from .unifashion_eval import cross_modal
-
     R = settings(P)
     ws = Workspace.load(P)
     torch.manual_seed(ws.seed)
@@ -629,11 +257,6 @@ def run_phase1(P: Mapping[str, Any], progress: bool = True) -> dict:
 def run_captioner(P: Mapping[str, Any], progress: bool = True) -> dict:
     """The ``unifashion_captioner`` stage: the caption decoder and its adapter on the frozen phase-1
     Q-Former's query outputs (Eq. 6), with the profile's Table 7 instruction."""
-    from .provenance import write_metrics
-    from .retrieval.train import train_phase1_captioner
-    from .training import write_loss_curve
-    from .unifashion_eval import caption_attribute_accuracy, caption_eval
-
     R = settings(P)
     ws = Workspace.load(P)
     torch.manual_seed(ws.seed)
@@ -669,11 +292,6 @@ def run_generator(P: Mapping[str, Any], progress: bool = True) -> dict:
     Q-Former, starting from the trained text-to-image model; caches the train images' tokens for
     phase 2's Eq. 12. Metrics: held-out masked-token accuracy from each image's own queries, beside
     the same model with the null condition (what the queries add)."""
-    from .io import save_checkpoint
-    from .provenance import write_metrics
-    from .retrieval.query_generation import QueryAdapter, QueryGenerator, train_query_generator
-    from .training import write_loss_curve
-
     R = settings(P)
     G = R["generator"]
     ws = Workspace.load(P)
@@ -710,13 +328,10 @@ def run_generator(P: Mapping[str, Any], progress: bool = True) -> dict:
 
 
 def backbone_tokens(P: Mapping[str, Any], R: Mapping[str, Any]):
-    """The token cache (:mod:`lib.tokens`, stage ``tokens@<tokenizer>``) of the generator backbone's
+    """The token cache (:mod:`lib.stages.tokens`, stage ``tokens@<tokenizer>``) of the generator backbone's
     tokenizer: this stage reads tokens, it does not tokenize images itself (issue 15)."""
-    from . import tokenizers as T
-    from . import tokens as TOK
-
     name = P["generation"]["models"][R["generator"]["model"]]["tokenizer"]
-    return TOK.load(name, tokenizer_checkpoint=T.checkpoint_path(name))
+    return TOK.load(name, tokenizer_checkpoint=tokenizer_store.checkpoint_path(name))
 
 
 def split_tokens(cache, ws: "Workspace", split: str) -> torch.Tensor:
@@ -733,8 +348,6 @@ def query_generation_heldout(qformer, qgen, cache, ws: Workspace, n: int, seed: 
     """Masked-token accuracy (mask rate ``rate``) of the first ``n`` ``cmr_split`` images' tokens
     (from the token ``cache``) generated from their own query outputs, and from the null condition
     (queries dropped)."""
-    from .generation import masked_token_accuracy
-
     split = ws.selection["cmr_split"]
     names = [str(x) for x in ws.arrays[split]["names"][:n]]
     tokens = split_tokens(cache, ws, split)[:n]
@@ -772,11 +385,6 @@ def run_phase2(P: Mapping[str, Any], progress: bool = True) -> dict:
     triplets with Eq. 10 + ``itg_weight`` x Eq. 11 through the frozen caption decoder +
     ``generation_weight`` x Eq. 12 through the frozen query generator (Eq. 13); with
     ``steps.phase2_base`` > 0 also Eq. 10 alone (Table 5's base). Metrics: the Table 4 protocol."""
-    from .provenance import write_metrics
-    from .retrieval.train import train_phase2_composed
-    from .training import write_loss_curve
-    from .unifashion_eval import composed
-
     R = settings(P)
     ws = Workspace.load(P)
     decoder = load_trained("captioner")
@@ -793,7 +401,7 @@ def run_phase2(P: Mapping[str, Any], progress: bool = True) -> dict:
             ("base", True, int(R["steps"]["phase2_base"]), 0.0, 0.0)]
     for name, base, steps, itg, gw in runs:
         if steps == 0:
-            metrics[name] = {"skipped": True, "reason": f"profiles.{P['profile']}.retrieval.steps.phase2_base = 0"}
+            metrics[name] = {"skipped": True, "reason": f"profiles.{P['profile']}.unifashion.steps.phase2_base = 0"}
             atomic_write_json(loss_path("phase2", "base"), [])  # a declared DVC plot: present even when skipped
             continue
         torch.manual_seed(ws.seed)
@@ -819,8 +427,6 @@ def run_phase2(P: Mapping[str, Any], progress: bool = True) -> dict:
 
 
 def _load_train_tokens(n: int) -> torch.Tensor:
-    from .io import load_checkpoint
-
     path = train_tokens_path()
     if not path.is_file():
         raise AtelierInputError(f"{path}: missing; run the unifashion_generator stage first")
@@ -846,10 +452,8 @@ def run(phase: str, profile: str, params_path: str | Path | None = None, progres
     return out
 
 
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m lib.unifashion", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.stages.unifashion", description=__doc__.split("\n\n")[0])
     parser.add_argument("phase", choices=PHASES)
     parser.add_argument("--profile", required=True)
     parser.add_argument("--params", default=None, help="another params file (default: $ATELIER_PARAMS or params.yaml)")
@@ -863,4 +467,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Named stage-two generators: configurations from ``params.yaml``, token caches, the DVC stage driver.
 
-``params.yaml`` describes every generator as data (validated by :mod:`lib.params`):
+``params.yaml`` describes every generator as data (validated by :mod:`lib.config`):
 
 - ``generation.<key>``: what every generator shares -- transformer width/depth/heads, training
   (batch size, learning rate, warm-up, label smoothing, condition drop) and sampling defaults;
@@ -13,24 +13,43 @@
   evaluation sample counts.
 
 Stages: ``text_features`` (token-level frozen MiniLM features of every caption, once) and one
-``generator@<name>`` per model (``python -m lib.generators train --profile P --name NAME``).
+``generator@<name>`` per model (``python -m lib.stages.generator train --profile P --name NAME``).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from .io import AtelierInputError, atomic_write_json
-from .paths import out_root
+import lib.config as lib_params
+import lib.store.tokenizers as tokenizer_store
+from lib.config.generation import is_active, seed_of, steps_of
+from lib.data.caption_dataset import load_split
+from lib.generation import ARTransformer, masked_token_accuracy, train_autoregressive, train_masked
+from lib.generation.masking import condition_mixture
+from lib.io import AtelierInputError, atomic_write_json, sha256_file
+from lib.pipelines.generators import (
+    build_model,
+    class_table,
+    text_table,
+)
+from lib.provenance import run_info, write_metrics
+from lib.stages import tokens as TOK
+from lib.store import caption_root
+from lib.store.generators import (
+    CHECKPOINT,
+    checkpoint_path,
+    loss_path,
+    metrics_path,
+    text_table_path,
+)
+from lib.training import write_loss_curve
 
-STAGE = "03_generators"
-CHECKPOINT = "model.safetensors"
 KINDS = ("masked", "autoregressive")
 OBJECTIVES = ("muse", "m6", "class")
 ARCH_KEYS = ("dim", "depth", "heads", "mlp_ratio")
@@ -39,188 +58,16 @@ ARCH_KEYS = ("dim", "depth", "heads", "mlp_ratio")
 # ---------------------------------------------------------------------------------------------
 # Configurations and paths
 # ---------------------------------------------------------------------------------------------
-def _known(section: Mapping[str, Any], name: str) -> None:
-    if name not in section["models"]:
-        raise AtelierInputError(f"params.yaml: no generator named {name!r} in generation.models "
-                                f"(known: {', '.join(section['models'])})")
-
-
-def steps_of(section: Mapping[str, Any], name: str) -> int:
-    _known(section, name)
-    return int(section["steps"].get(name, 0))
-
-
-def is_active(section: Mapping[str, Any], name: str) -> bool:
-    return steps_of(section, name) > 0
-
-
-def seed_of(params: Mapping[str, Any], name: str) -> int:
-    """The training seed of ``name``: its own ``seed`` if it is a seed replica, else the top-level one."""
-    _known(params["generation"], name)
-    return int(params["generation"]["models"][name].get("seed", params["seed"]))
-
-
-def seed_runs(params: Mapping[str, Any], name: str) -> dict[int, str]:
-    """``{seed: entry name}`` of ``name`` and every seed replica of it (issue 17), original first."""
-    models = params["generation"]["models"]
-    _known(params["generation"], name)
-    runs = {seed_of(params, name): name}
-    runs.update({seed_of(params, n): n for n, m in models.items() if m.get("replicates") == name})
-    return runs
-
-
-def checkpoint_path(name: str) -> Path:
-    return out_root() / "artifacts" / "generators" / name / CHECKPOINT
-
-
-def metrics_path(name: str) -> Path:
-    return out_root() / "results" / STAGE / name / "metrics.json"
-
-
-def loss_path(name: str) -> Path:
-    return out_root() / "results" / STAGE / name / "loss.json"
-
-
-def text_table_path() -> Path:
-    return out_root() / "artifacts" / "text" / "minilm_tokens.safetensors"
-
-
-def class_table_path() -> Path:
-    return out_root() / "artifacts" / "text" / "minilm_class_tokens.safetensors"
-
-
-CLASS_TEMPLATE = "a {}"
-
-
 # ---------------------------------------------------------------------------------------------
 # Data: captions, text features, tokens
 # ---------------------------------------------------------------------------------------------
-def caption_root() -> Path:
-    from .paths import artifacts_dir
-
-    return artifacts_dir("data") / "captions"
-
-
-def load_captions() -> dict[str, list[list[str]]]:
-    from .io import read_json
-
-    path = caption_root() / "captions.json"
-    if not path.is_file():
-        raise AtelierInputError(f"{path}: missing; run the data stage first (dvc repro data)")
-    return read_json(path)
-
-
-def text_table(progress: bool = False):
-    """Token-level MiniLM features of every distinct caption and the per-split caption ids.
-
-    Returns ``(table, ids)``: a :class:`lib.generation.TextFeatureTable` over the sorted distinct
-    captions of all splits, and ``{split: LongTensor [N, captions_per_image]}`` into it. Built once
-    by the ``text_features`` stage; later calls read its cache.
-    """
-    from .generation import TextFeatureTable
-    from .text.cache import caption_index
-
-    texts, ids = caption_index(load_captions())
-    table = TextFeatureTable.build(texts, text_table_path(), progress=progress)
-    return table, {s: torch.from_numpy(v) for s, v in ids.items()}
-
-
-def class_table(progress: bool = False):
-    """Captions that name only the category ("a dress"): the class-conditional setting (MoVQ Table 3)."""
-    from .data.attributes import CATEGORY_NAMES
-    from .generation import class_text_table
-
-    return class_text_table(CATEGORY_NAMES, class_table_path(), template="a {}", progress=progress)
-
-
-def load_named_tokenizer(params: Mapping[str, Any], name: str, device: str = "cpu"):
-    """A trained tokenizer of ``tokenizers.configs`` / ``tokenizers.finetunes`` by name."""
-    from . import tokenizers as T
-    from .models.tokenizer import load_tokenizer
-
-    S = params["tokenizers"]
-    path = T.checkpoint_path(name)
-    if not path.is_file():
-        raise AtelierInputError(f"{path}: tokenizer {name!r} is not trained in this profile "
-                                f"(profiles.{params['profile']}.tokenizers.steps.{name} = {S['steps'].get(name)})")
-    return load_tokenizer(path, T.tokenizer_config(S, name), disc_ndf=S["disc_ndf"], device=device)
-
-
-def tokenize_images(tok, images_u8: np.ndarray, batch_size: int = 500, progress: bool = False) -> torch.Tensor:
-    """uint8 ``[n,H,W,3]`` -> ``LongTensor [n, N, C]`` with ``tok`` (:func:`lib.tokens.tokenize_images`).
-
-    For notebooks that tokenize a few chosen images; training reads the ``tokens@<name>`` cache."""
-    from .tokens import tokenize_images as _tokenize
-
-    return _tokenize(tok, images_u8, batch_size=batch_size, progress=progress)
-
-
-@torch.no_grad()
-def decode_tokens(tok, tokens: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """``[n, N, C]`` tokens -> float images ``[n,3,H,W]`` in [-1, 1]."""
-    h, w, c = tok.token_shape
-    out = []
-    for i in range(0, len(tokens), batch_size):
-        t = tokens[i:i + batch_size]
-        out.append(tok.decode_indices(t.reshape(len(t), h, w, c).to(next(tok.parameters()).device)).cpu())
-    return torch.cat(out)
-
-
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------
-def transformer_config(params: Mapping[str, Any], name: str, tok) -> "Any":
-    from .generation import TransformerConfig
-
-    G = params["generation"]
-    _known(G, name)
-    entry = G["models"][name]
-    h, w, c = tok.token_shape
-    return TransformerConfig(
-        grid_h=int(h), grid_w=int(w), channels=int(c), codebook_size=int(tok.vocab_size),
-        dim=G["dim"], depth=G["depth"], heads=G["heads"], mlp_ratio=float(G["mlp_ratio"]),
-        text_mode=entry["text_mode"], max_visual_tokens=int(entry.get("max_visual_tokens", 0)),
-    )
-
-
-def build_model(params: Mapping[str, Any], name: str, tok):
-    from .generation import ARTransformer, MaskedTokenTransformer
-
-    cfg = transformer_config(params, name, tok)
-    kind = params["generation"]["models"][name]["kind"]
-    return (MaskedTokenTransformer if kind == "masked" else ARTransformer)(cfg)
-
-
-def load_trained(params: Mapping[str, Any], name: str, device: str = "cpu"):
-    """``(model, tokenizer, decoder_tokenizer)`` of a trained generator (eval mode).
-
-    ``decoder_tokenizer`` is the ``decode_with`` fine-tune when the model names one (same tokens,
-    better pixels: Muse Sec. 2.5), else the tokenizer itself.
-    """
-    from .generation import load_generator
-
-    G = params["generation"]
-    _known(G, name)
-    path = checkpoint_path(name)
-    if not path.is_file():
-        raise AtelierInputError(f"{path}: generator {name!r} is not trained in this profile "
-                                f"(profiles.{params['profile']}.generation.steps.{name} = {steps_of(G, name)})")
-    entry = G["models"][name]
-    tok = load_named_tokenizer(params, entry["tokenizer"], device)
-    dec_name = entry.get("decode_with")
-    dec = tok
-    if dec_name and (params["tokenizers"]["steps"].get(dec_name, 0) > 0):
-        dec = load_named_tokenizer(params, dec_name, device)
-    model, _ = load_generator(path, device)
-    return model, tok, dec
-
-
 # ---------------------------------------------------------------------------------------------
 # The training stage
 # ---------------------------------------------------------------------------------------------
 def write_skipped(profile: str, name: str, seed: int) -> list[Path]:
-    from .provenance import run_info, write_metrics
-
     reason = f"not trained in profile {profile!r} (profiles.{profile}.generation.steps.{name} = 0)"
     ckpt_dir = checkpoint_path(name).parent
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -230,19 +77,11 @@ def write_skipped(profile: str, name: str, seed: int) -> list[Path]:
             write_metrics(metrics_path(name), {"skipped": True, "reason": reason}, run_info(profile, seed, model=name))]
 
 
-def condition_mixture(entry: Mapping[str, Any]) -> tuple[float, ...]:
-    """The {v,t}, {v}, {t}, {} probabilities an m6 entry's ``condition_mixture`` names (M6-Fashion Sec. 3.3)."""
-    from .generation.masking import COMBINATION_READINGS
-    return COMBINATION_READINGS[entry["condition_mixture"]]
-
-
 @torch.no_grad()
 def heldout_accuracy(model, tokens: torch.Tensor, cond, rate: float = 0.5, seed: int = 0,
                      batch_size: int = 256) -> float:
     """Masked-token accuracy of a masked model on held-out token grids at a fixed mask rate
     (next-entry accuracy for the autoregressive baseline): a training-independent quality check."""
-    from .generation import ARTransformer, masked_token_accuracy
-
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
     correct = total = 0.0
@@ -264,15 +103,6 @@ def heldout_accuracy(model, tokens: torch.Tensor, cond, rate: float = 0.5, seed:
 
 def run_train(profile: str, name: str, progress: bool = True) -> int:
     """One ``generator@<name>`` stage: train (resumably) and write checkpoint, loss curve, metrics."""
-    from . import params as lib_params
-    from . import tokenizers as T
-    from . import tokens as TOK
-    from .data.caption_dataset import load_split
-    from .generation import train_autoregressive, train_masked
-    from .io import sha256_file
-    from .provenance import run_info, write_metrics
-    from .training import write_loss_curve
-
     P = lib_params.load(profile)
     G = P["generation"]
     steps = steps_of(G, name)
@@ -285,7 +115,7 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
     train, test = load_split(root, "train"), load_split(root, "test")
     # The tokenizer is not run here: its tokens@<name> stage tokenized every split once (issue 15).
     t0 = time.perf_counter()
-    cache = TOK.load(entry["tokenizer"], tokenizer_checkpoint=T.checkpoint_path(entry["tokenizer"]))
+    cache = TOK.load(entry["tokenizer"], tokenizer_checkpoint=tokenizer_store.checkpoint_path(entry["tokenizer"]))
     tokens = cache["train"]
     if len(tokens) != len(train["images"]):
         raise AtelierInputError(f"{cache.path}: {len(tokens)} train token grids for {len(train['images'])} train images; "
@@ -347,13 +177,11 @@ def run_train(profile: str, name: str, progress: bool = True) -> int:
 
 def run_skipped(profile: str, names: list[str]) -> int:
     """:func:`write_skipped` for several names at once; a name the profile trains is an error."""
-    from . import params as lib_params
-
     P = lib_params.load(profile)
     trained = [n for n in names if is_active(P["generation"], n)]
     if trained:
         raise AtelierInputError(f"generators {trained} are trained in profile {profile!r}: run "
-                                "`python -m lib.generators train` for them, not `skip`")
+                                "`python -m lib.stages.generator train` for them, not `skip`")
     for name in names:
         for path in write_skipped(profile, name, P["seed"]):
             print(f"[generator {name}] skipped in profile {profile}: wrote {path}")
@@ -362,8 +190,6 @@ def run_skipped(profile: str, names: list[str]) -> int:
 
 def run_text_features(profile: str) -> int:
     """The ``text_features`` stage: caption and class-name token features, cached once."""
-    from . import params as lib_params
-
     lib_params.load(profile)  # validates the profile name
     t0 = time.perf_counter()
     table, ids = text_table(progress=True)
@@ -372,10 +198,8 @@ def run_text_features(profile: str) -> int:
     return 0
 
 
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m lib.generators", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.stages.generator", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train one named generator (or write its 'skipped' outputs)")
     tr.add_argument("--profile", required=True)
@@ -399,4 +223,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

@@ -14,16 +14,24 @@ refused rather than silently used) and of the split files.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+import torch
 
-from .io import AtelierInputError, atomic_write_json, load_checkpoint, save_checkpoint, sha256_file
-from .paths import artifacts_dir, out_root
+import lib.config as lib_params
+import lib.config.tokenizers as tokenizer_cfg
+import lib.pipelines.tokenizers as tokenizer_pipe
+import lib.store.tokenizers as tokenizer_store
+from lib.config.tokenizers import require_known as require_tokenizer
+from lib.data.caption_dataset import load_split
+from lib.io import AtelierInputError, atomic_write_json, load_checkpoint, save_checkpoint, sha256_file
+from lib.models.tokenizer import load_tokenizer
+from lib.pipelines.tokenizers import tokenize_images
+from lib.store import caption_root, out_root
 
 FILE = "tokens.safetensors"
 SKIPPED_MARKER = "skipped.json"
@@ -33,10 +41,6 @@ FORMAT = "atelier-tokens-v1"
 
 def cache_path(name: str) -> Path:
     return out_root() / "artifacts" / "tokens" / name / FILE
-
-
-def caption_root() -> Path:
-    return artifacts_dir("data") / "captions"
 
 
 @dataclass(frozen=True)
@@ -56,32 +60,14 @@ class TokenSet:
         return self.splits[split]
 
 
-def tokenize_images(tok, images_u8: np.ndarray, batch_size: int = 500, progress: bool = False, desc: str = "tokenize"):
-    """uint8 ``[n,H,W,3]`` -> ``LongTensor [n, N, C]`` (raster order) with ``tok``."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .tokenizers import to_float
-
-    out = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(images_u8), batch_size), desc=desc, disable=not progress, mininterval=5):
-            grid = tok.tokenize(to_float(images_u8[i:i + batch_size]))  # [b, H, W, C]
-            out.append(grid.reshape(grid.shape[0], -1, grid.shape[-1]).cpu())
-    return torch.cat(out) if out else torch.zeros(0, 1, 1, dtype=torch.long)
-
-
 def build(params: dict, name: str, progress: bool = True) -> Path:
     """Tokenize every split with the trained tokenizer ``name`` and write the cache atomically."""
-    from . import tokenizers as T
-    from .models.tokenizer import load_tokenizer
-
     S = params["tokenizers"]
-    ckpt = T.checkpoint_path(name)
+    ckpt = tokenizer_store.checkpoint_path(name)
     if not ckpt.is_file():
         raise AtelierInputError(f"{ckpt}: tokenizer {name!r} is not trained in this profile "
                                 f"(profiles.{params['profile']}.tokenizers.steps.{name} = {S['steps'].get(name)})")
-    tok = load_tokenizer(ckpt, T.tokenizer_config(S, name), disc_ndf=S["disc_ndf"])
+    tok = load_tokenizer(ckpt, tokenizer_pipe.tokenizer_config(S, name), disc_ndf=S["disc_ndf"])
     return write(tok, name, sha256_file(ckpt), progress=progress)
 
 
@@ -89,10 +75,6 @@ def write(tok, name: str, tokenizer_sha256: str, progress: bool = False) -> Path
     """Tokenize every split of the caption dataset with ``tok`` (anything with ``tokenize``,
     ``token_shape`` and ``vocab_size``) and write the cache of tokenizer ``name`` atomically;
     ``tokenizer_sha256`` is what :func:`load` later checks the tokenizer's checkpoint against."""
-    import torch
-
-    from .data.caption_dataset import load_split
-
     tensors, counts, sources = {}, {}, {}
     for split in SPLITS:
         path = caption_root() / f"{split}.npz"
@@ -114,7 +96,7 @@ def load(name: str, tokenizer_checkpoint: Path | None = None) -> TokenSet:
         marker = path.parent / SKIPPED_MARKER
         why = " (its stage was skipped in this profile)" if marker.is_file() else ""
         raise AtelierInputError(f"{path}: no token cache for tokenizer {name!r}{why}; run `dvc repro tokens@{name}` "
-                                f"(python -m lib.tokens build --profile P --name {name})")
+                                f"(python -m lib.stages.tokens build --profile P --name {name})")
     tensors, meta = load_checkpoint(path)
     arch = meta.get("arch") or {}
     if arch.get("format") != FORMAT or any(s not in tensors for s in SPLITS):
@@ -137,28 +119,23 @@ def write_skipped(profile: str, name: str) -> Path:
 
 
 def run_build(profile: str, names: list[str], skip_only: bool = False) -> int:
-    from . import params as lib_params
-    from . import tokenizers as T
-
     P = lib_params.load(profile)
     for name in names:
-        T._known(P["tokenizers"], name)
-        if not T.is_active(P["tokenizers"], name):
+        require_tokenizer(P["tokenizers"], name)
+        if not tokenizer_cfg.is_active(P["tokenizers"], name):
             print(f"[tokens {name}] skipped in profile {profile}: wrote {write_skipped(profile, name)}")
             continue
         if skip_only:
             raise AtelierInputError(f"tokenizer {name!r} is trained in profile {profile!r}: run "
-                                    "`python -m lib.tokens build` for it, not `skip`")
+                                    "`python -m lib.stages.tokens build` for it, not `skip`")
         t0 = time.perf_counter()
         path = build(P, name)
         print(f"[tokens {name}] {time.perf_counter() - t0:.0f} s -> {path}")
     return 0
 
 
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m lib.tokens", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.stages.tokens", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd, helptext in (("build", "tokenize every split with one trained tokenizer (or write its 'skipped' marker)"),
                           ("skip", "write the 'skipped' markers of names the profile does not train")):
@@ -174,4 +151,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

@@ -22,7 +22,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .io import AtelierInputError
+from lib.evaluation import uncertainty
+from lib.images import to_uint8_chw
+from lib.io import AtelierInputError
+from lib.judges.classifier import load_classifier
+from lib.judges.contrastive import clip_score, load_judge
+from lib.metrics import attribute_accuracy, classifier_score_splits, fid_kid, inception_features, reference_stats
+from lib.store import artifacts_dir
+from lib.text.encoder import shared_encoder
 
 ATTRIBUTES = ("category", "colour", "pattern")
 
@@ -41,19 +48,10 @@ STAND_INS = ("IS -> classifier score (Inception Score formula on our domain clas
              "its attention reduce to image-token self-attention")
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float ``[N,3,H,W]`` in [-1, 1] -> uint8 ``[N,3,H,W]``."""
-    return torch.round((images.clamp(-1, 1) + 1.0) * 127.5).to(torch.uint8)
-
-
 class JudgePanel:
     """The judges of one profile, loaded once. ``score(...)`` returns one flat dict of metrics."""
 
     def __init__(self, params: Mapping[str, Any], device: str = "cpu", progress: bool = False):
-        from .judges.classifier import load_classifier
-        from .judges.contrastive import load_judge
-        from .paths import artifacts_dir
-
         jp = params["judges"]
         root = artifacts_dir("judges")
         for name in ("classifier.safetensors", "contrastive.safetensors"):
@@ -68,8 +66,6 @@ class JudgePanel:
     # -- the real reference set (cached by the judges stage) -------------------------------------
     def reference(self, test_images_u8: np.ndarray):
         """Inception statistics of the first ``judges.fid_n`` real test images (the judges stage's cache)."""
-        from .metrics import reference_stats
-
         if self._reference is None:
             n_ref = min(int(self.params["judges"]["fid_n"]), len(test_images_u8))
 
@@ -89,8 +85,6 @@ class JudgePanel:
     @torch.no_grad()
     def clip_scores(self, images: torch.Tensor, pooled_text: torch.Tensor) -> torch.Tensor:
         """Per-image judge cosine against pooled MiniLM text embeddings ``[N, 384]``."""
-        from .judges.contrastive import clip_score
-
         return clip_score(self.judge, images.to(self.device), pooled_text.to(self.device)).cpu()
 
     def score(self, images: torch.Tensor, *, test_images_u8: np.ndarray | None = None,
@@ -103,13 +97,10 @@ class JudgePanel:
         pattern) for attribute accuracy; ``pooled_text``: the prompts' pooled MiniLM embeddings for
         CLIP-score; ``test_images_u8``: the real test split for the FID reference (needed if ``fid``).
         ``bootstrap``: also resample the N images ``params.uncertainty.bootstrap_resamples`` times
-        (:mod:`lib.uncertainty`); the result then has ``"bootstrap": {"FID", "CLIP-score", "acc_joint":
+        (:mod:`lib.evaluation.uncertainty`); the result then has ``"bootstrap": {"FID", "CLIP-score", "acc_joint":
         replicates}`` for what was computed, keyed like the tables' columns, so a claim reads the
         replicates next to the value.
         """
-        from . import uncertainty
-        from .metrics import attribute_accuracy, classifier_score_splits, fid_kid, inception_features
-
         if images.ndim != 4 or images.shape[1] != 3:
             raise AtelierInputError(f"JudgePanel.score: images must be [N,3,H,W], got {tuple(images.shape)}")
         n = len(images)
@@ -144,7 +135,7 @@ class JudgePanel:
                 raise AtelierInputError("JudgePanel.score: fid=True needs test_images_u8 (the real reference set)")
             ref = self.reference(test_images_u8)
             # Features once: the point FID and its bootstrap replicates come from the same ones.
-            feats = inception_features(to_uint8(images), progress=self.progress, desc="generated")
+            feats = inception_features(to_uint8_chw(images), progress=self.progress, desc="generated")
             f = fid_kid(feats, ref, prc=prc, progress=self.progress)
             if bootstrap:
                 reps["FID"] = uncertainty.fid_replicates(feats.numpy(), ref.features, resamples, bootstrap_seed)
@@ -192,6 +183,4 @@ def attribute_targets(arrays: Mapping[str, np.ndarray], idx: np.ndarray) -> dict
 
 def pooled_text(texts: Sequence[str]) -> torch.Tensor:
     """Pooled frozen-MiniLM embeddings ``[N, 384]`` of ``texts`` (the CLIP-score text side)."""
-    from .text.encoder import shared_encoder
-
     return shared_encoder().encode(list(texts))["pooled"]

@@ -12,16 +12,26 @@ import time
 from typing import Any, Callable, Mapping
 
 import torch
+from tqdm.auto import tqdm
 
-from .io import AtelierInputError
+from lib.generation import Condition
+from lib.io import AtelierInputError
+from lib.pipelines.tokenizers import decode_tokens
+from lib.sampling import (
+    AutoregressiveScheduler,
+    ClassifierFreeGuidance,
+    MaskGITScheduler,
+    SMARTScheduler,
+    sample,
+    sample_autoregressive,
+)
+from lib.text.encoder import shared_encoder
 
 SAMPLERS = ("maskgit", "smart", "autoregressive")
 
 
 def make_scheduler(name: str, settings: Mapping[str, Any] | None = None, **overrides):
     """A fresh scheduler by name with ``generation.sampling`` settings (``overrides`` win)."""
-    from .sampling import MaskGITScheduler, SMARTScheduler
-
     s = {**(settings or {}), **overrides}
     if name == "maskgit":
         return MaskGITScheduler(num_steps=int(s.get("maskgit_steps", 12)), temperature=float(s.get("temperature", 1.0)),
@@ -34,8 +44,6 @@ def make_scheduler(name: str, settings: Mapping[str, Any] | None = None, **overr
 
 
 def _null_like(cond, n: int, device):
-    from .generation import Condition
-
     if cond is None:
         return Condition.null(n, device)
     return cond.unconditional()
@@ -45,9 +53,6 @@ def masked_logits_fn(model, cond, guidance: float | Callable[[int], float] = 0.0
     """``logits_fn`` for the schedulers; with ``guidance`` > 0 Muse Sec. 2.7 classifier-free guidance
     ``(1 + t) l_c - t l_u`` in one batched pass (conditional rows, then unconditional rows, or the
     ``negative`` prompt's rows in place of the unconditional ones)."""
-    from .generation import Condition
-    from .sampling import ClassifierFreeGuidance
-
     # The condition is the same at every step: embed it (and, with cross-attention, its text
     # keys/values) once per batch size, not once per step (MaskedTokenTransformer.encode_condition).
     caches: dict[int, Any] = {}
@@ -93,10 +98,6 @@ def sample_masked(model, cond, n: int, scheduler_factory: Callable[[], Any], *, 
     ``guidance``: a constant or ``t -> scale`` (e.g. :class:`lib.sampling.LinearGuidanceSchedule`).
     Returns ``{"tokens", "frames" (per batch, if kept), "seconds", "seconds_per_image"}``.
     """
-    from tqdm.auto import tqdm
-
-    from .sampling import sample
-
     cfg = model.config
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -126,10 +127,6 @@ def sample_ar(model, cond, n: int, *, temperature: float = 1.0, top_k: int | Non
               use_cache: bool = True, seed: int = 0, batch_size: int = 250, progress: bool = False) -> dict[str, Any]:
     """Raster-order sampling of the autoregressive baseline (KV cache on, or the whole prefix
     recomputed each step as Taming's sampler does)."""
-    from tqdm.auto import tqdm
-
-    from .sampling import AutoregressiveScheduler, sample_autoregressive
-
     cfg = model.config
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -150,13 +147,6 @@ def sample_ar(model, cond, n: int, *, temperature: float = 1.0, top_k: int | Non
 
 
 @torch.no_grad()
-def decode(tok, tokens: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Token grids ``[n,N,C]`` -> float images ``[n,3,H,W]`` in [-1, 1]."""
-    from .generators import decode_tokens
-
-    return decode_tokens(tok, tokens, batch_size)
-
-
 def generate(model, dec, cond, n: int, sampler: str, settings: Mapping[str, Any], *, guidance: Any = 0.0,
              negative=None, seed: int = 0, use_cache: bool = True, keep_frames: bool = False,
              frames_of: str = "tokens", progress: bool = False) -> dict[str, Any]:
@@ -174,7 +164,7 @@ def generate(model, dec, cond, n: int, sampler: str, settings: Mapping[str, Any]
         out = sample_masked(model, cond, n, lambda: make_scheduler(sampler, settings), guidance=guidance,
                             negative=negative, seed=seed, keep_frames=keep_frames, frames_of=frames_of,
                             progress=progress)
-    out["images"] = decode(dec, out["tokens"])
+    out["images"] = decode_tokens(dec, out["tokens"])
     out["seconds_total"] = time.perf_counter() - t0
     out["seconds_per_image"] = out["seconds_total"] / max(n, 1)
     return out
@@ -183,9 +173,6 @@ def generate(model, dec, cond, n: int, sampler: str, settings: Mapping[str, Any]
 def encode_prompts(texts: list[str], device: str = "cpu"):
     """A text :class:`lib.generation.Condition` for free-form prompts (editing prompts are not in
     the caption table): frozen MiniLM token features, computed on the fly."""
-    from .generation import Condition
-    from .text.encoder import shared_encoder
-
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
         raise AtelierInputError("encode_prompts: every prompt must be a non-empty string")
     with torch.no_grad():

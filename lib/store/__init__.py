@@ -48,3 +48,9 @@ def data_dir() -> Path:
     """Raw real data tracked by ``data.dvc`` (``$ATELIER_DATA`` overrides, for tests)."""
     env = os.environ.get(ENV_DATA)
     return Path(env).resolve() if env else repo_root() / "data"
+
+
+def caption_root() -> Path:
+    """The data stage's caption dataset (images, captions, attribute labels, triplets): the one
+    input every later stage reads."""
+    return out_root() / "artifacts" / "data" / "captions"

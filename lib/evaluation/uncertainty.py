@@ -6,7 +6,7 @@ drawn. The nonparametric bootstrap (Efron & Tibshirani, *An Introduction to the 
 ch. 13: percentile intervals) estimates that spread: draw N of the N samples with replacement,
 recompute the metric, repeat B times; the 2.5 and 97.5 percentiles of the B replicates bound a 95%
 interval. Evaluation stages store the replicates beside the point value (``row["bootstrap"][metric]``)
-and :mod:`lib.claims` takes the interval of a *difference* from the replicate-wise differences.
+and :mod:`lib.evaluation.claims` takes the interval of a *difference* from the replicate-wise differences.
 
 Pairing. Replicate ``b`` of every metric over ``n`` samples uses the same index array
 :func:`resample_indices` ``(n, B, seed)[b]``, whatever the row. Two rows whose sample ``i`` shares
@@ -18,7 +18,7 @@ pass a ``stream`` name, which gives them independent index arrays.
 
 What it does not cover: the variation between training seeds. An interval from here is the
 evaluation's noise for *fixed weights*; a claim comparing two separately trained models needs seeds
-as well (lib.claims says which a claim needs).
+as well (lib.evaluation.claims says which a claim needs).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .io import AtelierInputError
+from lib.io import AtelierInputError
+from lib.metrics.domain import frechet_distance
 
 METHOD = ("nonparametric percentile bootstrap over evaluation samples (Efron & Tibshirani 1993, ch. 13): "
           "B resamples with replacement; replicate b uses the same index array for every row of the same "
@@ -78,8 +79,6 @@ def fid_replicates(gen_feats: Any, ref_feats: Any, resamples: int, seed: int) ->
     duplicates, which biases FID upwards a little (fewer distinct samples); rows with equal sample
     counts share that bias, so their *difference* is what the replicates are for, not the level.
     """
-    from .metrics.domain import frechet_distance
-
     gen = np.asarray(gen_feats, dtype=np.float32)
     ref = np.asarray(ref_feats, dtype=np.float32)
     if gen.ndim != 2 or ref.ndim != 2 or gen.shape[1] != ref.shape[1]:

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+import yaml
 
 from lib.io import AtelierInputError, atomic_write_text
-from lib.paths import repo_root
+from lib.store import repo_root
 
 PAPER_NUMBERS = Path("reproduce") / "paper_numbers.yaml"
 OURS = "ours"
@@ -63,8 +64,6 @@ def load_paper_numbers(path: str | Path | None = None) -> dict:
 
     Parsed once per file version (path, size, mtime); each call returns a fresh copy.
     """
-    import yaml
-
     path = Path(path) if path is not None else paper_numbers_path()
     if not path.is_file():
         raise AtelierInputError(f"{path}: paper numbers file not found")

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
-from .data.render import SIZE as DATA_IMAGE_SIZE  # the side of every rendered image
-from .io import AtelierInputError
-from .paths import repo_root
+from lib.io import AtelierInputError, atomic_write_text
+from lib.store import repo_root
 
 PROFILES = ("smoke", "default", "gpu")
+# Seeds are small non-negative integers (a typo such as an extra run of digits is refused, not used).
+MAX_SEED = 10**8 - 1
+# The side of every image the data stage renders (lib.data.render draws at it); tokenizers must match.
+DATA_IMAGE_SIZE = 32
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -85,7 +90,7 @@ def _mapping(v: Any) -> str | None:
     return None
 
 
-# Named tokenizer configurations (lib/tokenizers.py): what each entry may hold. Kept here (not in
+# Named tokenizer configurations (lib/stages/tokenizer.py): what each entry may hold. Kept here (not in
 # lib.models) so that validating params.yaml never imports torch.
 TOKENIZER_NAME = r"^[a-z][a-z0-9_]*$"
 QUANTIZER_KINDS = ("vq", "rq", "pq", "movq")
@@ -97,8 +102,6 @@ FINETUNE_KEYS = ("base", "width_mult", "depth_mult")
 def _named(entry_check: Callable[[str, Any], list[str]], allow_empty: bool = False) -> Callable[[Any], list[str] | str | None]:
     """A checker for ``name -> entry`` mappings; returns one message per problem, each starting
     with the entry's name so :func:`validate` can report ``section.key.name.field``."""
-    import re
-
     def check(v: Any) -> list[str] | str | None:
         if not isinstance(v, dict) or (not v and not allow_empty):
             return f"must be a {'' if allow_empty else 'non-empty '}mapping of name -> entry, got {v!r}"
@@ -186,7 +189,7 @@ def _generator_entry(name: str, entry: Any) -> list[str]:
     if ("replicates" in entry) != ("seed" in entry):
         problems.append(": a seed replica needs both replicates (the entry it repeats) and seed")
     elif "seed" in entry:
-        problem = _int(0)(entry["seed"])
+        problem = _int(0, MAX_SEED)(entry["seed"])
         if problem:
             problems.append(f".seed: {problem}")
         if not isinstance(entry["replicates"], str):
@@ -217,6 +220,21 @@ def _sampling(v: Any) -> str | None:
                                                          or not math.isfinite(x) or x < 0 for x in sweep):
         return f"guidance_sweep: must be a non-empty list of scales >= 0, got {sweep!r}"
     return None
+
+
+EDITING_CHECKS = {"guidance": _float(0.0, 100.0), "mask_free_fraction": _float(0.0, 1.0), "mask_free_top_k": _int(1, 1 << 20)}
+
+
+def _editing(v: Any) -> list[str] | str | None:
+    """``generation.editing``: the settings of notebook 05's mask-free editing (Muse Sec. 3.3.2)."""
+    if not isinstance(v, dict):
+        return f"must be a mapping, got {v!r}"
+    errors = [f"{k}: unknown parameter (known: {', '.join(EDITING_CHECKS)})" for k in v if k not in EDITING_CHECKS]
+    for key, check in EDITING_CHECKS.items():
+        problem = f"{key}: missing" if key not in v else check(v[key])
+        if problem:
+            errors.append(problem if key not in v else f"{key}: {problem}")
+    return errors or None
 
 
 def _steps_entry(name: str, entry: Any) -> list[str]:
@@ -308,9 +326,9 @@ def _check_replicas(models: dict, steps: dict, seed: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# retrieval (UniFashion, lib/unifashion.py) and super_res (Muse Sec. 2.4, lib/super_res.py): their
+# unifashion (UniFashion, lib/stages/unifashion.py) and super_res (Muse Sec. 2.4, lib/stages/super_res.py): their
 # schemas live here with the others so that checking params.yaml imports no torch (issue 16); the
-# stage modules read them through retrieval_settings / super_res_settings.
+# stage modules read them through unifashion_settings / super_res_settings.
 # ---------------------------------------------------------------------------------------------
 def _choice(*options: Any) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
@@ -342,8 +360,8 @@ def _instruction(v: Any) -> str | None:
     return f"must be null or a UniFashion Table 7 prompt name ({', '.join(INSTRUCTION_NAMES)}), got {v!r}"
 
 
-#: retrieval key -> checker (or a nested {key: checker} for mappings); shared keys, then per-profile keys.
-RETRIEVAL_SHARED_SCHEMA: dict[str, Any] = {
+#: unifashion key -> checker (or a nested {key: checker} for mappings); shared keys, then per-profile keys.
+UNIFASHION_SHARED_SCHEMA: dict[str, Any] = {
     "image_size": _int(16, 512),
     "out_index": _int(1, 6),
     "modification_max_length": _int(8, 128),
@@ -365,7 +383,7 @@ RETRIEVAL_SHARED_SCHEMA: dict[str, Any] = {
                   "cond_drop": _float(0.0, 1.0), "guidance_scale": _float(0.0, 100.0)},
     "generation_weight": _float(0.0, 100.0),
 }
-RETRIEVAL_PROFILE_SCHEMA: dict[str, Any] = {
+UNIFASHION_PROFILE_SCHEMA: dict[str, Any] = {
     "steps": {"phase1": _int(1, 10_000_000), "captioner": _int(1, 10_000_000), "phase2": _int(1, 10_000_000),
               "generator": _int(1, 10_000_000), "phase2_base": _int(0, 10_000_000)},
     "train_images": _int(2, 1_000_000),
@@ -376,7 +394,7 @@ RETRIEVAL_PROFILE_SCHEMA: dict[str, Any] = {
     "caption_eval_n": _int(1, 1_000_000),
     "generation_eval_n": _int(1, 1_000_000),
 }
-RETRIEVAL_SCHEMA = {**RETRIEVAL_SHARED_SCHEMA, **RETRIEVAL_PROFILE_SCHEMA}
+UNIFASHION_SCHEMA = {**UNIFASHION_SHARED_SCHEMA, **UNIFASHION_PROFILE_SCHEMA}
 
 
 def _check_nested(values: Any, schema: Mapping[str, Any], where: str) -> list[str]:
@@ -395,24 +413,24 @@ def _check_nested(values: Any, schema: Mapping[str, Any], where: str) -> list[st
     return errors
 
 
-def retrieval_settings(params: Mapping[str, Any]) -> dict:
-    """The validated ``retrieval`` section of a loaded profile: shared keys
-    (:data:`RETRIEVAL_SHARED_SCHEMA`) merged with ``profiles.<p>.retrieval``
-    (:data:`RETRIEVAL_PROFILE_SCHEMA`). Raises one :class:`AtelierInputError` naming every bad key."""
+def unifashion_settings(params: Mapping[str, Any]) -> dict:
+    """The validated ``unifashion`` section of a loaded profile: shared keys
+    (:data:`UNIFASHION_SHARED_SCHEMA`) merged with ``profiles.<p>.unifashion``
+    (:data:`UNIFASHION_PROFILE_SCHEMA`). Raises one :class:`AtelierInputError` naming every bad key."""
     where = f"params.yaml (profile {params.get('profile')!r})"
-    if "retrieval" not in params:
-        raise AtelierInputError(f"{where}: section 'retrieval' missing (UniFashion retrieval settings; see "
-                                f"lib/unifashion.py)")
-    R = params["retrieval"]
-    errors = _check_nested(R, RETRIEVAL_SCHEMA, "retrieval")
+    if "unifashion" not in params:
+        raise AtelierInputError(f"{where}: section 'unifashion' missing (UniFashion retrieval settings; see "
+                                f"lib/stages/unifashion.py)")
+    R = params["unifashion"]
+    errors = _check_nested(R, UNIFASHION_SCHEMA, "unifashion")
     if not errors:
         q, d = R["qformer"], R["decoder"]
         if q["dim"] % q["heads"]:
-            errors.append(f"retrieval.qformer.dim: {q['dim']} must be divisible by retrieval.qformer.heads ({q['heads']})")
+            errors.append(f"unifashion.qformer.dim: {q['dim']} must be divisible by unifashion.qformer.heads ({q['heads']})")
         if d["dim"] % d["heads"]:
-            errors.append(f"retrieval.decoder.dim: {d['dim']} must be divisible by retrieval.decoder.heads ({d['heads']})")
+            errors.append(f"unifashion.decoder.dim: {d['dim']} must be divisible by unifashion.decoder.heads ({d['heads']})")
         if R["image_size"] % 16:
-            errors.append(f"retrieval.image_size: {R['image_size']} must be a multiple of 16 (EfficientNet stride)")
+            errors.append(f"unifashion.image_size: {R['image_size']} must be a multiple of 16 (EfficientNet stride)")
     if errors:
         raise AtelierInputError(f"{where}: invalid parameters:\n  " + "\n  ".join(errors))
     return dict(R)
@@ -421,7 +439,7 @@ def retrieval_settings(params: Mapping[str, Any]) -> dict:
 SUPER_RES_KEYS = ("base", "scale", "tokenizer_lr", "sampling_steps", "guidance_scale", "low_res_mode", "low_res_depth",
                   "compare_forms")
 #: super_res.low_res_mode: Muse's separate low-res encoder + cross-attention, or joint self-attention
-#: (lib/super_res_model.py builds them)
+#: (lib/generation/super_res.py builds them)
 SUPER_RES_LOW_RES_MODES = ("cross_attention", "joint")
 SUPER_RES_PROFILE_KEYS = ("tokenizer_steps", "steps", "train_images", "eval_n")
 
@@ -459,11 +477,11 @@ def super_res_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(S)
 
 
-def _check_retrieval(params: dict) -> list[str]:
-    if "retrieval" not in params:
+def _check_unifashion(params: dict) -> list[str]:
+    if "unifashion" not in params:
         return []
     try:
-        retrieval_settings(params)
+        unifashion_settings(params)
     except AtelierInputError as err:
         return [line.strip() for line in str(err).splitlines()[1:]] or [str(err)]
     return []
@@ -528,7 +546,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "uncertainty": {
         "bootstrap_resamples": _int(2, 100000),
         "level": _float(0.5, 0.999),
-        "seed": _int(0),
+        "seed": _int(0, MAX_SEED),
     },
     "generation": {
         "dim": _int(8, 8192),
@@ -541,23 +559,25 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "label_smoothing": _float(0.0, 0.99),
         "cond_drop": _float(0.0, 1.0),
         "sampling": _sampling,
+        "editing": _editing,
         "models": _named(_generator_entry),
         # per profile
         "steps": _named(_steps_entry),
         "eval_n": _int(10, 50000),
         "sweep_n": _int(10, 50000),
         "edit_n": _int(1, 256),
+        "edit_iterations": _int(1, 1000),
     },
 }
 #: checks across keys of one or more sections, run when every key passed its own check.
-CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers, _check_generation, _check_retrieval,
+CROSS_CHECKS: tuple[Callable[[dict], list[str]], ...] = (_check_tokenizers, _check_generation, _check_unifashion,
                                                          _check_super_res)
 TOP_LEVEL = {"profile", "seed", "profiles"}
 #: sections whose per-profile override may set only these keys (dvc.yaml tracks exactly these per
 #: profile; a profile overriding a shared key would change results without DVC noticing).
 PROFILE_KEYS: dict[str, tuple[str, ...]] = {"tokenizers": ("steps", "rfid_n", "eval_n"),
-                                            "generation": ("steps", "eval_n", "sweep_n", "edit_n"),
-                                            "retrieval": ("steps", "train_images", "train_triplets_per_category",
+                                            "generation": ("steps", "eval_n", "sweep_n", "edit_n", "edit_iterations"),
+                                            "unifashion": ("steps", "train_images", "train_triplets_per_category",
                                                           "cmr_images", "random_negatives", "composed_queries",
                                                           "caption_eval_n", "generation_eval_n"),
                                             "super_res": ("tokenizer_steps", "steps", "train_images", "eval_n")}
@@ -594,9 +614,9 @@ def validate(params: dict, where: str = "params.yaml") -> None:
     """Check known sections against :data:`SCHEMA`; raise one error naming every bad key."""
     errors = []
     seed = params.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        errors.append(f"seed: must be a non-negative integer, got {seed!r}")
-    # Sections validated elsewhere (e.g. ``retrieval`` by lib.unifashion.settings) must still be mappings.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        errors.append(f"seed: must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    # Sections validated elsewhere (e.g. ``unifashion`` by lib.stages.unifashion.settings) must still be mappings.
     for section, values in params.items():
         if section not in TOP_LEVEL and section not in SCHEMA and not isinstance(values, dict):
             errors.append(f"{section}: must be a mapping, got {type(values).__name__}")
@@ -674,10 +694,6 @@ def load(profile: str | None = None, path: str | Path | None = None) -> dict:
 
 def set_profile(profile: str, path: str | Path | None = None) -> Path:
     """Record ``profile`` as the active one in ``params.yaml`` (comments kept), after validating it."""
-    import re
-
-    from .io import atomic_write_text
-
     path = Path(path) if path else repo_root() / "params.yaml"
     load(profile, path)  # unknown names and bad values fail here, before anything is written
     text = path.read_text(encoding="utf-8")
@@ -689,18 +705,10 @@ def set_profile(profile: str, path: str | Path | None = None) -> Path:
     return path
 
 
-if __name__ == "__main__":
-    import argparse
+ENV_PARAMS = "ATELIER_PARAMS"
 
-    parser = argparse.ArgumentParser(description="Validate params.yaml and select the active profile.")
-    parser.add_argument("--set-profile", metavar="NAME", help=f"one of {PROFILES}")
-    parser.add_argument("--check", metavar="NAME", help="validate one profile and print its parameters")
-    args = parser.parse_args()
-    try:
-        if args.set_profile:
-            set_profile(args.set_profile)
-            print(f"params.yaml: profile = {args.set_profile}")
-        if args.check:
-            print(yaml.safe_dump(load(args.check), sort_keys=False))
-    except AtelierInputError as err:
-        raise SystemExit(f"error: {err}")
+
+def load_params(profile: str, path: str | Path | None = None) -> dict:
+    """``lib.config.load(profile, path)``; ``path`` defaults to ``$ATELIER_PARAMS`` when set (tests),
+    else the repository's ``params.yaml``."""
+    return load(profile, path or os.environ.get(ENV_PARAMS) or None)
