@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lib.io import AtelierInputError
 from lib.stages import HTML_REPORTS, MODULE_NOTEBOOKS, MODULE_STAGES, NOTEBOOK_STAGES
+from lib.stages.persist import prepare
 
 
 def run_notebook(stage: str, profile: str) -> int:
@@ -39,11 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", required=True)
     parser.add_argument("--name", help="the foreach entry (tokenizer, tokens, generator stages)")
     args = parser.parse_args(argv)
+    named = args.stage in MODULE_STAGES and MODULE_STAGES[args.stage][2]
+    if named != (args.name is not None):
+        parser.error(f"stage {args.stage} " + ("needs --name" if named else "takes no --name"))
+    try:
+        for line in prepare(args.stage, args.name, args.profile):  # persisted checkpoints: resume or start over
+            print(f"[{args.stage}{'@' + args.name if args.name else ''}] {line}", flush=True)
+    except AtelierInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.stage in NOTEBOOK_STAGES:
         return run_notebook(args.stage, args.profile)
     module, command, named = MODULE_STAGES[args.stage]
-    if named != (args.name is not None):
-        parser.error(f"stage {args.stage} " + ("needs --name" if named else "takes no --name"))
     sub = [command]
     if args.stage in MODULE_NOTEBOOKS:
         sub.append(MODULE_NOTEBOOKS[args.stage])
