@@ -102,7 +102,8 @@ def test_real_training_stages_persist_their_checkpoints_and_resolve():
             spec = persist.resolved_stage(stage, name, "smoke")
             assert len(spec["persist"]) == 1 and spec["persist"][0].startswith("artifacts/"), (stage, name)
             assert "${" not in json.dumps(spec["deps"] + spec["params"]), (stage, name)
-    assert all("persist" not in json.dumps(stages[s]) for s in stages if s not in training)
+    outs = {s: json.dumps(st.get("do", st).get("outs", [])) for s, st in stages.items()}
+    assert all('"persist"' not in outs[s] for s in stages if s not in training)
 
 
 def test_dvc_keeps_a_persisted_folder_of_a_failed_stage(tmp_path):
@@ -120,3 +121,22 @@ def test_dvc_keeps_a_persisted_folder_of_a_failed_stage(tmp_path):
     assert (repo / "out" / "ckpt").read_text() == "x\n"
     assert run(dvc, "repro", "-q").returncode == 0          # the second run finds it and completes
     assert (repo / "out" / "ckpt").read_text() == "x\nx\n"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "gpu"])
+def test_every_real_stage_resolves_in_every_profile(profile):
+    """prepare() resolves each stage `python -m lib.stages` runs before running it: none may fail."""
+    stages = yaml.safe_load((repo_root() / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((repo_root() / "params.yaml").read_text())
+    for stage, st in stages.items():
+        if "python -m lib.stages " not in json.dumps(st):
+            continue
+        if "foreach" in st:
+            items = st["foreach"]
+            items = persist._lookup(params, items.strip("${} ")) if isinstance(items, str) else items
+            names = list(items)
+        else:
+            names = [None]
+        for name in names:
+            spec = persist.resolved_stage(stage, name, profile)
+            assert "${" not in json.dumps({k: v for k, v in spec.items() if k != "_values"}), (stage, name)
