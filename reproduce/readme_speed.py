@@ -121,7 +121,10 @@ def render_timing(doc: dict[str, Any], sha256: str, top: int = 8) -> str:
     rc = doc.get("returncode")
     last = doc["stages"][-1]["stage"] if doc["stages"] else None
     if not done:
-        state = "**interrupted** (stages so far)"
+        # A run killed outright (SIGKILL, a lost session) never writes its total: the stages it
+        # completed are all there is, so that sum is shown as a lower bound, never as "0 min".
+        state = (f"**killed** during `{last}` before it could record its end (the total is the sum of "
+                 f"the stages that completed, a lower bound for a whole run)")
     elif isinstance(rc, int) and rc < 0:
         # A negative code is the signal that stopped dvc (subprocess convention): the stages after
         # the last one listed never started, so the total is a lower bound for a whole run.
@@ -129,11 +132,12 @@ def render_timing(doc: dict[str, Any], sha256: str, top: int = 8) -> str:
                  f"a lower bound for a whole run)")
     else:
         state = f"finished with exit code {rc}"
+    wall = doc.get("total_seconds") or sum(s["seconds"] for s in ran if s["status"] == "ran")
     lines = [f"Wall time of the last default `reproduce/run`, from [`{TIMING_JSON_PATH}`]({TIMING_JSON_PATH}) "
              f"(sha256 `{sha256[:16]}`; git `{str(doc.get('git_revision'))[:8]}`, started {doc['run_started']}, "
              f"{doc.get('cpu_count')} CPUs, load average at start "
              f"{(doc.get('load_average_at_start') or [float('nan')])[0]:.2f}): "
-             f"**{(doc.get('total_seconds') or 0) / 60:.0f} min** in all, {state}; {len(ran)} stages ran, "
+             f"**{wall / 60:.0f} min** in all, {state}; {len(ran)} stages ran, "
              f"{skipped} {'was' if skipped == 1 else 'were'} up to date (skipped).", "",
              "| stage group | stages run | minutes | share |", "|---|---:|---:|---:|"]
     total = sum(sum(v) for v in groups.values()) or 1.0

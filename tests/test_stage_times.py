@@ -98,7 +98,7 @@ RS = importlib.util.module_from_spec(RS_SPEC)
 RS_SPEC.loader.exec_module(RS)
 
 
-def test_readme_timing_block_sums_stage_groups_and_says_when_a_run_was_interrupted():
+def test_readme_timing_block_sums_stage_groups_and_says_when_a_run_was_killed():
     clock = FakeClock()
     sc = ST.StageClock("default", ["dvc", "repro"], started=940.0, clock=clock)
     for t, line in [(0, "Stage 'data' didn't change, skipping"), (1, "Running stage 'tokenizer@vq':"),
@@ -106,7 +106,9 @@ def test_readme_timing_block_sums_stage_groups_and_says_when_a_run_was_interrupt
         clock.t = 1000.0 + t
         sc.feed(line)
     partial = RS.render_timing(sc.doc, "ab" * 32)
-    assert "**interrupted**" in partial and "sha256 `abababababababab`" in partial
+    # killed before its end was recorded: the completed stages' 2 + 3 min, never "0 min"
+    assert "**5 min** in all, **killed** during `generator@muse`" in partial, partial
+    assert "sha256 `abababababababab`" in partial
     clock.t = 1000.0 + 541
     block = RS.render_timing(sc.finish(0), "cd" * 32)
     # tokenizer: 120 s + 180 s = 5.0 min of 9.0 min run; generator 4.0 min; total with set-up 10 min
