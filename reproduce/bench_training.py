@@ -135,9 +135,10 @@ def count_flops(fn: Callable[[], None]) -> int:
 # tokenizers
 # ------------------------------------------------------------------------------------------------
 def tokenizer_step(P, name: str, batch: int, device, *, perceptual_layers=None, channels_last=False,
-                   pretrained=True, with_gan=True, autocast_bf16=False):
+                   pretrained=True, with_gan=True, autocast_bf16=False, pool_size=1024):
     """A closure running one training step of tokenizer ``name`` with the objective of
-    :func:`lib.models.tokenizer.train_tokenizer`, timed by phase; and a flop-count closure."""
+    :func:`lib.models.tokenizer.train_tokenizer`, timed by phase; and a flop-count closure.
+    ``pool_size`` random images are drawn from (small for large images: reproduce/size_gpu_profile.py)."""
     from lib.models.losses import PatchDiscriminator, PerceptualLoss, adaptive_weight, hinge_d_loss, hinge_g_loss
     from lib.models.tokenizer import Tokenizer
 
@@ -150,7 +151,7 @@ def tokenizer_step(P, name: str, batch: int, device, *, perceptual_layers=None, 
     if channels_last:
         tok, disc, perc = (m.to(memory_format=torch.channels_last) for m in (tok, disc, perc))
     opt = torch.optim.Adam([*tok.parameters(), *disc.parameters()], lr=S["lr"], betas=(0.5, 0.9))
-    pool = torch.rand(1024, 3, S["image_size"], S["image_size"], device=device) * 2 - 1
+    pool = torch.rand(pool_size, 3, S["image_size"], S["image_size"], device=device) * 2 - 1
     g = torch.Generator().manual_seed(0)
     pw, gw = float(S["perceptual_weight"]), float(S["gan_weight"])
 

@@ -32,6 +32,8 @@ MODULE_CMD = re.compile(r"python -m (lib(?:\.\w+)*)")
 SCRIPT_CMD = re.compile(r"python (reproduce/[\w/]+\.py)")
 NOTEBOOK = re.compile(r"(notebooks/[\w./-]+\.ipynb)")
 STAGES_CMD = re.compile(r"python -m lib\.stages (\w+)")
+#: a script that loads another one by path (``ROOT / "reproduce" / "x.py"`` with importlib) runs its code too
+LOADED_SCRIPT = re.compile(r'"reproduce"\s*/\s*"(\w+\.py)"')
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
@@ -175,7 +177,13 @@ def stage_entries(cmd: str, root: Path = ROOT) -> list[Path]:
         main = root / m.group(1).replace(".", "/") / "__main__.py"
         out += [p for p in (f, main.relative_to(root) if main.is_file() else None) if p is not None]
         out += _package_inits(m.group(1), root)
-    out += [Path(m.group(1)) for m in SCRIPT_CMD.finditer(cmd)]
+    scripts = [Path(m.group(1)) for m in SCRIPT_CMD.finditer(cmd)]
+    for script in scripts:  # grows while loaded scripts are found
+        if (root / script).is_file():
+            for m in LOADED_SCRIPT.finditer((root / script).read_text(encoding="utf-8")):
+                if Path("reproduce", m.group(1)) not in scripts:
+                    scripts.append(Path("reproduce", m.group(1)))
+    out += scripts
     out += [Path(m.group(1)) for m in NOTEBOOK.finditer(cmd)]
     # ``python -m lib.stages <stage>`` imports only that stage's module (or runs its notebook): the
     # table in lib/stages/__init__.py says which, read without importing any stage module

@@ -109,3 +109,11 @@ def test_dvc_yaml_deps_are_the_derived_ones(tmp_path):
     copy.write_text((repo_root() / "dvc.yaml").read_text())
     assert DD.write_deps(copy, repo_root()) == []
     assert copy.read_text() == (repo_root() / "dvc.yaml").read_text()
+
+
+def test_a_script_loaded_by_path_counts_as_an_entry(tmp_path):
+    """``python reproduce/a.py`` where a.py loads reproduce/b.py with importlib: b.py's lib imports count."""
+    (tmp_path / "reproduce").mkdir()
+    (tmp_path / "reproduce" / "a.py").write_text('SPEC = ROOT / "reproduce" / "b.py"\n')
+    (tmp_path / "reproduce" / "b.py").write_text("import lib.x\n")
+    assert DD.stage_entries("python reproduce/a.py", tmp_path) == [Path("reproduce/a.py"), Path("reproduce/b.py")]
