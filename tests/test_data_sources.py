@@ -200,6 +200,14 @@ def test_folder_source_given_splits_and_merged_captions(tmp_path):
     assert read_json(out / "captions.json")["train"][0] == ["a red shirt number 0", "shirt 0, front view"]
 
 
+def test_switching_source_leaves_no_triplets_of_the_earlier_build(tmp_path):
+    out = tmp_path / "captions"
+    sources.build(_params("fashioniq", make_fashioniq(tmp_path / "fiq")), out)
+    assert (out / "fashioniq" / "captions").is_dir()
+    meta = sources.build(_params("folder", make_folder(tmp_path / "f", n=12, split=True)), out)
+    assert not (out / "fashioniq").exists() and not meta["capabilities"]["triplets"]
+
+
 def test_limits_apply_to_every_source(tmp_path):
     root = make_folder(tmp_path / "f", n=30, attributes=False)
     P = _params("folder", root)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import io
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +134,9 @@ def write_dataset(out_dir: Path, splits: dict[str, Split], *, image_size: int, r
         atomic_write_bytes(out_dir / f"{name}.npz", buf.getvalue())
         all_captions[name] = s.captions
     atomic_write_json(out_dir / "captions.json", all_captions)
+    if not triplets and (out_dir / "fashioniq").exists():
+        # an earlier build's triplets (the recipe writes them) would be read as this source's
+        shutil.rmtree(out_dir / "fashioniq")
     counts = _write_triplets(out_dir / "fashioniq", arrays, triplets) if triplets else {}
     labelled = {a: all(bool((arrays[n][a] >= 0).all()) for n in SPLITS) for a in ATTRIBUTES}
     meta = {
