@@ -328,3 +328,14 @@ def test_data_stage_runs_on_a_fashioniq_release(tmp_path):
         r for r in metrics["unmet_requirements"] if r["stage"] == "editing").items()
     figures = {p.name for p in (out / "artifacts" / "figures" / "00_data").iterdir()}
     assert any(f.startswith("grid_with_captions") for f in figures) and any(f.startswith("triplets") for f in figures)
+
+
+def test_meta_names_the_root_as_params_give_it(tmp_path, monkeypatch):
+    """A relative root is resolved against the repository for reading but recorded as written, so two
+    checkouts' metrics compare equal (issue 18: no absolute paths in metrics)."""
+    make_folder(tmp_path / "repo" / "shop_data", n=9, attributes=False)
+    (tmp_path / "repo" / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "repo" / "lib").mkdir()
+    monkeypatch.setattr("lib.store.repo_root", lambda start=None: tmp_path / "repo")
+    meta = sources.build(_params("folder", Path("shop_data")), tmp_path / "captions")
+    assert meta["recipe"]["root"] == "shop_data" and str(tmp_path) not in json.dumps(meta)

@@ -48,7 +48,7 @@ def build(root: Path, out_dir: Path, *, settings: dict, seed: int, limits: dict,
                     raise AtelierInputError(f"{source.path}: row {i} has no description text left after cleaning")
                 file_split = "test" if split == "test" else "train"
                 splits[split].add(image, f"fg{file_split}{i:06d}_p{item['product_id']}", [caption], i)
-    recipe = {"kind": "fashiongen", "root": str(root), "seed": seed, "fit": settings["fit"], "max_per_split": limits,
+    recipe = {"kind": "fashiongen", "root": settings["root"], "seed": seed, "fit": settings["fit"], "max_per_split": limits,
               "val_fraction": settings["val_fraction"], "captions_per_image": 1}
     return write_dataset(out_dir, splits, image_size=settings["image_size"], recipe=recipe,
-                         source=f"FashionGen HDF5 files at {root} (lib/data/sources/fashiongen.py)")
+                         source=f"FashionGen HDF5 files at {settings['root']} (lib/data/sources/fashiongen.py)")

@@ -56,8 +56,8 @@ def build(root: Path, out_dir: Path, *, settings: dict, seed: int, limits: dict,
             caps = [f"a {noun}"] + [clean_caption(f"a {noun} that {rc}") for rc in relative.get(image_id, [])]
             splits[split].add(read_image(loader.image_path(image_id), settings["image_size"], settings["fit"]),
                               image_id, caps[:captions_per_image], int(k), {"category": label})
-    recipe = {"kind": "fashioniq", "root": str(root), "seed": seed, "fit": settings["fit"], "max_per_split": limits,
+    recipe = {"kind": "fashioniq", "root": settings["root"], "seed": seed, "fit": settings["fit"], "max_per_split": limits,
               "captions_per_image": captions_per_image, "test_triplets_without_target_dropped": dropped}
     return write_dataset(out_dir, splits, image_size=settings["image_size"], recipe=recipe, triplets=triplets,
-                         source=f"Fashion-IQ release at {root}; per-image captions derived from the relative "
+                         source=f"Fashion-IQ release at {settings['root']}; per-image captions derived from the relative "
                                 "captions of the triplets an image is the target of (lib/data/sources/fashioniq.py)")

@@ -109,8 +109,8 @@ def build(root: Path, out_dir: Path, *, settings: dict, seed: int, limits: dict,
             name = str(Path(rel).with_suffix("")).replace("/", "__")
             splits[split].add(read_image(path, settings["image_size"], settings["fit"]), name,
                               entry["captions"][:captions_per_image], position[rel], entry["labels"])
-    recipe = {"kind": "folder", "root": str(root), "seed": seed, "fit": settings["fit"], "max_per_split": limits,
+    recipe = {"kind": "folder", "root": settings["root"], "seed": seed, "fit": settings["fit"], "max_per_split": limits,
               "captions_per_image": captions_per_image, "split": "given" if given[0] is not None else "random",
               "val_fraction": settings["val_fraction"], "test_fraction": settings["test_fraction"]}
     return write_dataset(out_dir, splits, image_size=settings["image_size"], recipe=recipe,
-                         source=f"image folder {root} with {CAPTIONS_FILE} (lib/data/sources/folder.py)")
+                         source=f"image folder {settings['root']} with {CAPTIONS_FILE} (lib/data/sources/folder.py)")

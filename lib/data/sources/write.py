@@ -112,7 +112,8 @@ def split_groups(rng: np.random.Generator, groups: list, val_fraction: float, te
 def write_dataset(out_dir: Path, splits: dict[str, Split], *, image_size: int, recipe: dict, source: str,
                   triplets: dict[str, dict[str, list[dict]]] | None = None) -> dict:
     """Write the splits (and ``triplets``: Fashion-IQ category -> split -> triplet dicts, whose ids
-    are image names) in the caption dataset's format; returns ``meta``."""
+    are image names) in the caption dataset's format; returns ``meta``. ``recipe`` and ``source``
+    name the root as params.yaml gives it (not resolved), so that metrics carry no machine's paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         if len(splits[name]) == 0:
